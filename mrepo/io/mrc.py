@@ -50,7 +50,8 @@ class MrcHeader:
     origin:
         Header ORIGIN (x, y, z) in Å.
     nstart:
-        NXSTART, NYSTART, NZSTART in voxels.
+        NXSTART, NYSTART, NZSTART in voxels, in the file's column, row,
+        section order (x, y, z only when ``axis_order`` is (1, 2, 3)).
     axis_order:
         MAPC, MAPR, MAPS (1 = X, 2 = Y, 3 = Z); (1, 2, 3) is standard.
     ispg:
@@ -100,8 +101,18 @@ class MrcHeader:
 
     @property
     def is_volume(self) -> bool:
-        """True for a 3D map (ISPG 1..230), False for an image or an image stack."""
-        return 1 <= self.ispg <= 230 and self.shape[0] > 1
+        """Whether the file is a 3D map rather than an image or a stack.
+
+        ISPG 1..230 says volume and 0 says stack in MRC2014, but RELION writes
+        ISPG 0 for its reconstructions too; a cube with ISPG 0 is taken as a
+        volume, any other shape with ISPG 0 as a stack.
+        """
+        nz, ny, nx = self.shape
+        if nz <= 1:
+            return False
+        if 1 <= self.ispg <= 230:
+            return True
+        return self.ispg == 0 and nz == ny == nx
 
     @property
     def pixel_size(self) -> float | None:
@@ -136,10 +147,15 @@ def _parse_header(path: Path) -> MrcHeader:
         raise NotFound("no such file", str(path)) from None
     except OSError as e:
         raise FormatError(f"cannot read MRC file: {e.strerror}", str(path)) from None
+    if path.is_dir():
+        raise FormatError("is a directory, not an MRC file", str(path))
     if size < _HEADER_BYTES:
         raise FormatError(f"truncated MRC: {size} bytes, shorter than the 1024-byte header", str(path))
-    with open(path, "rb") as f:
-        raw = f.read(_HEADER_BYTES)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_HEADER_BYTES)
+    except OSError as e:
+        raise FormatError(f"cannot read MRC file: {e.strerror}", str(path)) from None
     # Byte order: MACHST first, then the plausibility of the header words.
     machst = raw[212:214]
     order = None
@@ -159,6 +175,8 @@ def _parse_header(path: Path) -> MrcHeader:
     f4 = np.frombuffer(raw, dtype=order + "f4")
     nx, ny, nz, mode = (int(v) for v in i4[:4])
     if mode not in _MODE_DTYPES and mode != 101:
+        if raw[208:212] != b"MAP ":
+            raise FormatError("not an MRC file: no MAP identifier and no valid mode", str(path))
         raise FormatError(f"unsupported MRC mode {mode}", str(path))
     if min(nx, ny, nz) <= 0:
         raise FormatError(f"invalid MRC dimensions {nx}x{ny}x{nz}", str(path))
