@@ -16,7 +16,8 @@ from .errors import (
     NotARepository,
     NotFound,
 )
-from .store import Repository, Transaction, init_repo, open_repo
+from .repository import Repository, init_repo, open_repo
+from .store import Transaction
 
 __version__ = "0.1.0"
 

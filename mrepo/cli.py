@@ -60,7 +60,7 @@ class MrepoGroup(click.Group):
 
 
 def _repo(ctx: click.Context):
-    from .store import open_repo
+    from .repository import open_repo
 
     return open_repo(ctx.obj["dir"])
 
@@ -97,7 +97,7 @@ def main(ctx: click.Context, directory: str, debug: bool) -> None:
 @click.pass_context
 def init(ctx: click.Context, directory: str) -> None:
     """Create a repository in DIRECTORY (a git repository stock git can read)."""
-    from .store import init_repo
+    from .repository import init_repo
 
     d = Path(ctx.obj["dir"]) / directory
     repo = init_repo(d)

@@ -37,6 +37,7 @@ __all__ = [
     "read_document",
     "delete_node",
     "DEFAULT_CHUNK_BYTES",
+    "open_view_array",
 ]
 
 DEFAULT_CHUNK_BYTES = 4 << 20
@@ -319,3 +320,22 @@ def delete_node(txn: Any, name: str) -> int:
         txn.delete(doc_key(name))
         return 1
     return txn.delete_prefix(data_key(name) + "/")
+
+
+def open_view_array(view: Any, name: str) -> Any:
+    """A ``zarr.Array`` of ``name`` in a Snapshot (read-only) or a Transaction."""
+    import zarr
+
+    from .snapshot import Snapshot
+    from .zarr_store import MrepoStore
+
+    validate_name(name, "array name")
+    meta = _zarr_meta(view, name)
+    if meta is None or meta.get("node_type") != "array":
+        raise NotFound("no such array", name)
+    if isinstance(view, Snapshot):
+        if view.commit is None:
+            raise NotFound("no such array", name)
+        store = MrepoStore(str(view.objects.gitdir.parent), commit=view.commit)
+        return zarr.open_array(store=store, path=name, mode="r")
+    return zarr.open_array(store=MrepoStore(str(view.repo.path), txn=view.id), path=name, mode="r+")
