@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import InvalidInput, MrepoError
+from .. import __version__
+from ..errors import InvalidInput, MrepoError
 
 _DEBUG = False
 
@@ -35,6 +35,13 @@ def _fmt_time(ts: int, tz: int) -> str:
     return t.strftime("%a %b %d %H:%M:%S %Y %z")
 
 
+def _quiet_teardown() -> None:
+    """After an error was reported in one line, keep interpreter teardown
+    quiet: zarr's abandoned concurrent reads would otherwise print
+    'Exception ignored' notes at exit."""
+    sys.unraisablehook = lambda _unraisable: None
+
+
 class MrepoGroup(click.Group):
     """Turns mrepo errors into one-line messages and exit codes."""
 
@@ -45,6 +52,7 @@ class MrepoGroup(click.Group):
             if _DEBUG:
                 raise
             click.echo(f"error: {e}", err=True)
+            _quiet_teardown()
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was committed", err=True)
@@ -60,7 +68,7 @@ class MrepoGroup(click.Group):
 
 
 def _repo(ctx: click.Context):
-    from .repository import open_repo
+    from ..repository import open_repo
 
     return open_repo(ctx.obj["dir"])
 
@@ -97,7 +105,7 @@ def main(ctx: click.Context, directory: str, debug: bool) -> None:
 @click.pass_context
 def init(ctx: click.Context, directory: str) -> None:
     """Create a repository in DIRECTORY (a git repository stock git can read)."""
-    from .repository import init_repo
+    from ..repository import init_repo
 
     d = Path(ctx.obj["dir"]) / directory
     repo = init_repo(d)
@@ -125,7 +133,7 @@ def add(ctx: click.Context, paths: tuple[str, ...], name: str | None, chunks: st
     """Stage MRC/MRCS/MAP, TIFF and .npy files as arrays (JSON/TOML/text as documents)."""
     from tqdm import tqdm
 
-    from . import porcelain
+    from .. import porcelain
 
     repo = _repo(ctx)
     total = 0
@@ -161,7 +169,7 @@ def add(ctx: click.Context, paths: tuple[str, ...], name: str | None, chunks: st
 @click.pass_context
 def rm(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Stage the removal of arrays or documents."""
-    from . import porcelain
+    from .. import porcelain
 
     porcelain.remove(_repo(ctx), names)
     for n in names:
@@ -174,7 +182,7 @@ def rm(ctx: click.Context, names: tuple[str, ...]) -> None:
 @click.pass_context
 def commit(ctx: click.Context, message: str, allow_empty: bool) -> None:
     """Record the staged changes as a new commit."""
-    from . import porcelain
+    from .. import porcelain
 
     repo = _repo(ctx)
     ci = porcelain.commit(repo, message, allow_empty=allow_empty)
@@ -214,7 +222,7 @@ def _fmt_change(c) -> str:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Show the branch, HEAD and the staged changes."""
-    from . import porcelain
+    from .. import porcelain
 
     st = porcelain.status(_repo(ctx))
     where = f"On branch {st.branch}" if st.branch else "HEAD detached"
@@ -292,9 +300,9 @@ def show(ctx: click.Context, spec: str) -> None:
     """Show a commit (REV), an array or document (REV:PATH) or a folder (REV:DIR)."""
     import json
 
-    from .porcelain import parse_spec
-    from .store.arrays import array_info, list_nodes, node_kind
-    from .store.layout import validate_name
+    from ..porcelain import parse_spec
+    from ..store.arrays import array_info, list_nodes, node_kind
+    from ..store.layout import validate_name
 
     repo = _repo(ctx)
     rev, path = parse_spec(spec)
@@ -372,7 +380,7 @@ def show(ctx: click.Context, spec: str) -> None:
 @click.pass_context
 def diff(ctx: click.Context, a: str | None, b: str | None) -> None:
     """Changed arrays and documents: staged vs HEAD (no args), A vs HEAD, or A vs B."""
-    from . import porcelain
+    from .. import porcelain
 
     repo = _repo(ctx)
     if a is None:
@@ -461,13 +469,32 @@ def revert(ctx: click.Context, rev: str, message: str | None) -> None:
         click.echo("  " + _fmt_change(c))
 
 
-@main.command()
+class _ExportGroup(click.Group):
+    """``mrepo export REV:PATH OUT`` for one array or document; format
+    exporters (``mrepo export relion ...``) are subcommands."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands:
+            return "array", self.commands["array"], args
+        return super().resolve_command(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "REV:PATH OUT | FORMAT ...")
+
+
+@main.group(cls=_ExportGroup)
+def export() -> None:
+    """Write array REV:PATH to OUT (.mrc/.mrcs/.map, .npy, .tif), a document as
+    it is, or a whole species/population in another program's format."""
+
+
+@export.command("array")
 @click.argument("spec")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.pass_context
-def export(ctx: click.Context, spec: str, out: str) -> None:
-    """Write array REV:PATH to OUT (.mrc/.mrcs/.map, .npy, .tif) or a document as is."""
-    from . import porcelain
+def export_array(ctx: click.Context, spec: str, out: str) -> None:
+    """Write array REV:PATH to OUT (.mrc/.mrcs/.map, .npy, .tif) or a document as it is."""
+    from .. import porcelain
 
     path, info = porcelain.export(_repo(ctx), spec, out)
     if info is None:
@@ -528,10 +555,13 @@ def gc(ctx: click.Context, grace: str, dry_run: bool) -> None:
 @click.pass_context
 def demo(ctx: click.Context, directory: str, size: str) -> None:
     """Walk through mrepo on generated data: init, add, commit, log, show, diff, export, fsck."""
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(Path(ctx.obj["dir"]) / directory, size=size, echo=click.echo)
 
+
+# command groups that live in their own modules
+from . import collab_commands, denoise_commands, io_commands, refine_commands, sim_commands  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()
