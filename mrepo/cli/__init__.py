@@ -224,10 +224,19 @@ def status(ctx: click.Context) -> None:
     """Show the branch, HEAD and the staged changes."""
     from .. import porcelain
 
-    st = porcelain.status(_repo(ctx))
+    repo = _repo(ctx)
+    st = porcelain.status(repo)
     where = f"On branch {st.branch}" if st.branch else "HEAD detached"
     head = f" at {st.head.id[:12]} \"{st.head.summary}\"" if st.head else " (no commits yet)"
     click.echo(where + head)
+    if st.head:
+        from ..io.describe import has_population, population_lines
+        from ..model import read_population
+
+        snap = repo.snapshot_of(st.head.id)
+        if has_population(snap):
+            for line in population_lines(read_population(snap, grids=False)):
+                click.echo(line)
     if st.clean:
         click.echo("nothing to commit")
         return
@@ -328,8 +337,24 @@ def show(ctx: click.Context, spec: str) -> None:
                 click.echo("")
                 for c in changes:
                     click.echo("  " + _fmt_change(c))
+        from ..io.describe import has_population, population_lines
+        from ..model import read_population
+
+        snap = repo.snapshot_of(sha)
+        if has_population(snap):
+            click.echo("")
+            for line in population_lines(read_population(snap, grids=False)):
+                click.echo(line)
         return
     snap = repo.snapshot_of(sha)
+    if path:
+        from ..io.describe import describe_path
+
+        lines = describe_path(snap, path)
+        if lines is not None:
+            for line in lines:
+                click.echo(line)
+            return
     if path == "":
         nodes = list_nodes(snap)
         for n in nodes:

@@ -1339,7 +1339,7 @@ def _format_list(values: Any) -> str:
 
 
 def _quote(s: str) -> str:
-    if s == "" or any(c.isspace() for c in s):
+    if s == "" or s.split() != [s]:  # empty or holding whitespace (str.split runs in C)
         if '"' in s:
             raise InvalidInput(f"cannot write a STAR value holding both spaces and quotes: {s[:40]!r}")
         return f'"{s}"'

@@ -205,8 +205,13 @@ def write_species(txn: Any, sp: Species) -> str:
     return digest
 
 
-def write_population(txn: Any, pop: Population, *, items: bool = True) -> None:
-    """Stage the population document, sources, items (unless ``items=False``) and species."""
+def write_population(txn: Any, pop: Population, *, items: bool = True, species: bool | Any = True) -> None:
+    """Stage the population document, sources, items (unless ``items=False``) and species.
+
+    ``species`` is True (write every species), False (write none) or a
+    collection of names to write; a species not written keeps the digest
+    recorded in its stored document (it must already be in ``txn``).
+    """
     for s in pop.sources:
         validate_name(s, "source name")
     if items:
@@ -218,7 +223,8 @@ def write_population(txn: Any, pop: Population, *, items: bool = True) -> None:
             f"sources/{src.name}/source.json",
             json.dumps({"name": src.name, "kind": src.kind, "items": sorted(src.items), "extra": src.extra}, indent=1, sort_keys=True) + "\n",
         )
-    digests = {n: write_species(txn, sp) for n, sp in pop.species.items()}
+    wanted = set(pop.species) if species is True else set() if species is False else set(species)
+    digests = {n: write_species(txn, sp) if n in wanted else _doc(txn, species_doc_name(n))["digest"] for n, sp in pop.species.items()}
     doc = {
         **FORMAT,
         "name": pop.name,
