@@ -2,4 +2,77 @@
 
 from __future__ import annotations
 
-from . import main  # noqa: F401  (commands below use @main.command())
+import re
+import sys
+
+import click
+
+from . import _repo, main
+
+
+def _grid(text: str) -> tuple[int, int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*[x,]\s*(\d+)\s*", text)
+    if not m:
+        raise click.BadParameter("give the finest grid as XxYxT, e.g. 4x4x10")
+    return tuple(int(v) for v in m.groups())  # type: ignore[return-value]
+
+
+@main.command()
+@click.option("--iterations", "-n", default=3, show_default=True, type=int, help="Refinement iterations (0: only reconstruct, a set-up check).")
+@click.option("--species", default=None, help="Comma-separated species to refine (default: all).")
+@click.option("--params", default="motion,poses", show_default=True, help="Parameter groups: motion, poses.")
+@click.option("--grid", default="4x4x10", show_default=True, help="Finest level of the motion pyramid, X x Y x time.")
+@click.option("--levels", default=3, show_default=True, type=int, help="Levels of the motion pyramid.")
+@click.option("--temporal-samples", default=3, show_default=True, type=click.IntRange(1, 3), help="Control points of each particle's trajectory.")
+@click.option("--resolution", type=float, default=None, help="Never use frequencies beyond this resolution (Å).")
+@click.option("--lbfgs-iterations", default=20, show_default=True, type=int, help="L-BFGS iterations per resolution stage.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-m", "--message", default=None, help="Commit message (default: a summary).")
+@click.option("--fsc-png", type=click.Path(dir_okay=False), default=None, help="Write the FSC curves before/after as a PNG.")
+@click.pass_context
+def refine(ctx: click.Context, iterations: int, species: str | None, params: str, grid: str, levels: int,
+           temporal_samples: int, resolution: float | None, lbfgs_iterations: int, device: str, seed: int,
+           message: str | None, fsc_png: str | None) -> None:
+    """Refine the population at HEAD as M does (motion and poses of all
+    particles of all species in each series jointly) and commit the result."""
+    from tqdm import tqdm
+
+    from ..refine.run import RefineOptions, refine_repository
+
+    repo = _repo(ctx)
+    opts = RefineOptions(
+        iterations=iterations,
+        species=tuple(s for s in species.split(",") if s) if species else None,
+        params=tuple(p.strip() for p in params.split(",") if p.strip()),
+        grid=_grid(grid),
+        levels=levels,
+        temporal_samples=temporal_samples,
+        resolution_angstrom=resolution,
+        device=device,
+        lbfgs_iterations=lbfgs_iterations,
+        seed=seed,
+        message=message,
+    )
+    bar = tqdm(total=None, desc="refine", file=sys.stderr, unit=" step", disable=None)
+
+    def progress(msg: str) -> None:
+        bar.set_postfix_str(msg[:70])
+        bar.update(1)
+
+    try:
+        out = refine_repository(repo, opts, progress=progress)
+    finally:
+        bar.close()
+    if iterations == 0:
+        click.echo("iterations 0: reconstructed at the current parameters (a set-up check); nothing was refined")
+    click.echo(f"[{repo.head().branch or 'detached HEAD'} {out.commit[:12] if out.commit else '-'}] "
+               f"{out.series} series, {out.particle_frames} particle-frames, {out.seconds:.0f} s")
+    click.echo(f"{'species':<16}{'particles':>10}{'before (Å)':>12}{'after (Å)':>11}")
+    for s in out.species.values():
+        click.echo(f"{s.name:<16}{s.particles:>10}{s.resolution_before:>12.2f}{s.resolution_after:>11.2f}")
+    if fsc_png:
+        from ..refine.fsc import plot_fsc
+
+        plot_fsc({f"{s.name} refined": s.fsc_after for s in out.species.values() if s.fsc_after is not None}, fsc_png)
+        click.echo(f"wrote {fsc_png}")

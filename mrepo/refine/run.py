@@ -1,0 +1,409 @@
+"""``mrepo refine``: check out a population, refine every frame series, reconstruct, commit.
+
+The loop (M, frame series):
+
+1. references: each species' half-maps, FSC-weighted, used up to a
+   resolution limit that follows the current FSC (so it ramps up as the
+   maps improve) and never beyond ``--resolution``;
+2. for every series with particles of the chosen species: extract the
+   particles once (:func:`~mrepo.refine.series.extract_series`) and refine
+   its motion pyramid and particle trajectories with L-BFGS
+   (:func:`~mrepo.refine.series.refine_series`);
+3. back-project all series into gold-standard half-maps, FSC, resolution;
+   the new half-maps are the next iteration's references;
+4. write particles, item models and maps, and commit with the parameters,
+   per-species resolution before/after and the provenance digests.
+
+A degenerate run (non-finite target, no particle in any series, a
+resolution that collapses) raises :class:`~mrepo.errors.DegenerateResult`
+and commits nothing. Interrupting leaves HEAD as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DegenerateResult, InvalidInput, NotFound
+from ..model import CubicGrid, Particles, Population, write_item, write_population
+from ..store.arrays import open_view_array, write_array
+from .backprojection import Reconstructor
+from .deformation import pyramid_shapes
+from .device import pick_device
+from .fourier import rfftn3_centered, irfftn3_centered, soft_sphere_mask
+from .fsc import FscCurve, fsc, resolution_at
+from .projection import prepare_volume
+from .series import (
+    RefineSettings,
+    SeriesData,
+    SeriesModel,
+    SpeciesReference,
+    _resample_time,
+    backproject_series,
+    extract_series,
+    initial_model,
+    refine_series,
+    refined_angles,
+)
+
+__all__ = ["RefineOptions", "SpeciesOutcome", "RefineOutcome", "refine_repository", "reconstruct_species", "masked_fsc"]
+
+PARAM_GROUPS = ("motion", "poses")
+
+
+@dataclass
+class RefineOptions:
+    """What ``mrepo refine`` does (CLI options map one to one)."""
+
+    iterations: int = 3
+    species: tuple[str, ...] | None = None
+    params: tuple[str, ...] = ("motion", "poses")
+    grid: tuple[int, int, int] = (4, 4, 10)
+    levels: int = 3
+    temporal_samples: int = 3
+    resolution_angstrom: float | None = None
+    device: str = "auto"
+    lbfgs_iterations: int = 20
+    seed: int = 0
+    message: str | None = None
+    collapse_factor: float = 1.5  # a resolution this many times worse than before is degenerate
+
+    def check(self) -> None:
+        if self.iterations < 0:
+            raise InvalidInput("--iterations must be >= 0", str(self.iterations))
+        unknown = sorted(set(self.params) - set(PARAM_GROUPS))
+        if unknown:
+            raise InvalidInput(f"unknown parameter group(s) {', '.join(unknown)}; this version refines {', '.join(PARAM_GROUPS)}")
+        if not 1 <= self.temporal_samples <= 3:
+            raise InvalidInput("--temporal-samples must be 1, 2 or 3", str(self.temporal_samples))
+        if len(self.grid) != 3 or min(self.grid) < 1:
+            raise InvalidInput("--grid wants three positive integers like 4x4x10", str(self.grid))
+        if self.resolution_angstrom is not None and not self.resolution_angstrom > 0:
+            raise InvalidInput("--resolution must be positive (Å)", str(self.resolution_angstrom))
+
+
+@dataclass
+class SpeciesOutcome:
+    name: str
+    particles: int
+    resolution_before: float
+    resolution_after: float
+    fsc_before: FscCurve | None = None
+    fsc_after: FscCurve | None = None
+
+
+@dataclass
+class RefineOutcome:
+    commit: str | None
+    parent: str
+    species: dict[str, SpeciesOutcome]
+    iterations: int
+    seconds: float
+    series: int
+    particle_frames: int
+    scores: list[tuple[str, float, float]] = field(default_factory=list)
+    population: Population | None = None
+    models: dict[str, SeriesModel] = field(default_factory=dict)
+
+
+def masked_fsc(h1: np.ndarray, h2: np.ndarray, pixel_size: float, diameter_angstrom: float) -> FscCurve:
+    """FSC of two half-maps inside a soft sphere a little wider than the particle."""
+    n = h1.shape[0]
+    radius = min(n / 2 - 4, 0.5 * diameter_angstrom / pixel_size + 1)
+    mask = soft_sphere_mask(n, max(2.0, radius), 3.0, dtype=torch.float64)
+    return fsc(h1, h2, pixel_size, mask=mask)
+
+
+def _resolution(curve: FscCurve, box: int, pixel_size: float) -> float:
+    try:
+        return float(resolution_at(curve, 0.143))
+    except Exception:
+        return float(2 * pixel_size)
+
+
+def fsc_weighted(volume: np.ndarray, curve: FscCurve) -> np.ndarray:
+    """Filter a map by sqrt(2 FSC / (1 + FSC)) per shell (the reference weighting)."""
+    v = torch.as_tensor(np.ascontiguousarray(volume), dtype=torch.float32)
+    n = v.shape[0]
+    f = rfftn3_centered(v)
+    q = torch.fft.fftfreq(n, d=1.0 / n)
+    qx = torch.arange(n // 2 + 1, dtype=torch.float32)
+    r = torch.sqrt(q[:, None, None] ** 2 + q[None, :, None] ** 2 + qx[None, None, :] ** 2).round().long()
+    c = torch.as_tensor(np.clip(curve.fsc, 0.0, 1.0), dtype=torch.float32)
+    w = torch.sqrt(2 * c / (1 + c))
+    wv = torch.where(r < w.numel(), w[r.clamp(max=w.numel() - 1)], torch.zeros(()))
+    return irfftn3_centered(f * wv, n).numpy()
+
+
+def _references(halves: dict[str, tuple[np.ndarray, np.ndarray]], pop: Population, curves: dict[str, FscCurve],
+                options: RefineOptions, device: torch.device) -> dict[str, SpeciesReference]:
+    refs = {}
+    for name, (h1, h2) in halves.items():
+        sp = pop.species[name]
+        pix = sp.pixel_size_angstrom
+        res = _resolution(curves[name], sp.box, pix)
+        r_max = min(sp.box / 2 - 1, sp.box * pix / res)
+        if options.resolution_angstrom:
+            r_max = min(r_max, sp.box * pix / options.resolution_angstrom)
+        refs[name] = SpeciesReference(
+            name,
+            (prepare_volume(fsc_weighted(h1, curves[name]), pix, device=device),
+             prepare_volume(fsc_weighted(h2, curves[name]), pix, device=device)),
+            sp.box,
+            pix,
+            sp.symmetry,
+            float(max(2.0, r_max)),
+        )
+    return refs
+
+
+def reconstruct_species(
+    pop: Population,
+    series: dict[str, SeriesData],
+    models: dict[str, SeriesModel],
+    names: list[str],
+    *,
+    device: torch.device,
+) -> dict[str, tuple[np.ndarray, np.ndarray, FscCurve, int]]:
+    """Half-maps, masked FSC and particle-frame count of each species from all series."""
+    recs = {n: Reconstructor(pop.species[n].box, pop.species[n].pixel_size_angstrom, device=device) for n in names}
+    sym = {n: pop.species[n].symmetry for n in names}
+    for key, data in series.items():
+        backproject_series(data, models[key], recs, sym)
+    out = {}
+    for n in names:
+        sp = pop.species[n]
+        h1, h2 = wiener_halves(recs[n], sp.diameter_angstrom)
+        count = sum(a.count for a in recs[n].halves)
+        if count == 0:
+            raise DegenerateResult("no particle of this species lies in any series", f"species {n}")
+        if not (np.isfinite(h1).all() and np.isfinite(h2).all()):
+            raise DegenerateResult("reconstruction is not finite", f"species {n}")
+        out[n] = (h1, h2, masked_fsc(h1, h2, sp.pixel_size_angstrom, sp.diameter_angstrom), count)
+    return out
+
+
+def wiener_halves(rec: Reconstructor, diameter_angstrom: float, *, wiener_relative: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """The two half-maps, each ``D / (W + τ)`` with τ a fraction of its shell's mean weight.
+
+    Data and weights are in SNR units (divided by the noise power). A floor of
+    0.1 of the mean weight keeps poorly covered frequencies from being
+    amplified; FSC and references are computed from these maps.
+    """
+    from .backprojection import reconstruct
+
+    return tuple(reconstruct(h, wiener_relative=wiener_relative).cpu().numpy().astype(np.float32) for h in rec.halves)  # type: ignore[return-value]
+
+
+def _pyramid_grid_names(level: int) -> tuple[str, str]:
+    return f"pyramid/L{level}/x", f"pyramid/L{level}/y"
+
+
+def refine_repository(
+    repo: Any,
+    options: RefineOptions,
+    *,
+    progress: Callable[[str], None] | None = None,
+    commit: bool = True,
+) -> RefineOutcome:
+    """Refine the population at HEAD and commit the result on the current branch."""
+    options.check()
+    t0 = time.perf_counter()
+    torch.manual_seed(options.seed)
+    device = pick_device(options.device)
+    head = repo.head()
+    if head.commit is None:
+        raise NotFound("the repository has no commit to refine")
+    parent = head.commit
+    snap = repo.snapshot_of(parent)
+    pop = repo.population(parent)
+    names = list(options.species) if options.species else sorted(pop.species)
+    if not names:
+        raise NotFound("the population has no species to refine")
+    for n in names:
+        if n not in pop.species:
+            raise NotFound("no such species", n)
+        if "half1" not in pop.species[n].maps or "half2" not in pop.species[n].maps:
+            raise InvalidInput("species has no half-maps to use as references", n)
+    say = progress or (lambda _msg: None)
+
+    # particles of each chosen species, grouped by item
+    parts = {n: pop.species[n].particles.load() for n in names}
+    halves = {n: tuple(np.asarray(open_view_array(snap, pop.species[n].maps[h])[...], np.float32) for h in ("half1", "half2")) for n in names}
+    for n, (h1, h2) in halves.items():
+        if h1.shape != (pop.species[n].box,) * 3 or h2.shape != h1.shape:
+            raise InvalidInput(f"half-maps are not {pop.species[n].box}³ cubes", f"species {n}")
+    curves = {n: masked_fsc(*halves[n], pop.species[n].pixel_size_angstrom, pop.species[n].diameter_angstrom) for n in names}
+    before = {n: _resolution(curves[n], pop.species[n].box, pop.species[n].pixel_size_angstrom) for n in names}
+
+    series: dict[str, SeriesData] = {}
+    models: dict[str, SeriesModel] = {}
+    items_of: dict[str, tuple[str, Any]] = {}
+    for src, item in pop.items():
+        if item.kind != "frames":
+            continue
+        sel = {}
+        for n in names:
+            rows = parts[n].in_item(item.data_digest)
+            if rows.size:
+                sel[n] = (rows, parts[n].select(np.isin(np.arange(len(parts[n])), rows)))
+        if not sel:
+            continue
+        if item.raw_array is None:
+            raise InvalidInput("item has particles but no raw frames in the repository", f"{src.name}/{item.name}")
+        key = f"{src.name}/{item.name}"
+        say(f"extracting {key}")
+        frames = open_view_array(snap, item.raw_array)
+        data = extract_series(item, frames, sel, {n: pop.species[n].box for n in sel}, device=device,
+                              resolution_angstrom=options.resolution_angstrom)
+        series[key] = data
+        items_of[key] = (src.name, item)
+        shapes = pyramid_shapes(options.levels, options.grid, item.n)
+        models[key] = initial_model(data, shapes, options.temporal_samples, device=device)
+    if not series:
+        raise DegenerateResult("no particle of the chosen species matched any frame series")
+    particle_frames = sum(len(b) * d.geometry.n_frames for d in series.values() for b in d.blocks.values())
+
+    settings = RefineSettings(params=frozenset(options.params), lbfgs_iterations=options.lbfgs_iterations, device=device)
+    scores: list[tuple[str, float, float]] = []
+    recon = None
+    if options.iterations == 0:
+        say("iterations 0: reconstructing with the current parameters only (a set-up check)")
+    for it in range(options.iterations):
+        refs = _references(halves, pop, curves, options, device)
+        for key, data in series.items():
+            say(f"iteration {it + 1}/{options.iterations}: refining {key}")
+            res = refine_series(data, refs, models[key], settings)
+            models[key] = res.model
+            scores.append((key, res.score_before, res.score_after))
+        say(f"iteration {it + 1}/{options.iterations}: reconstructing")
+        recon = reconstruct_species(pop, series, models, names, device=device)
+        halves = {n: (recon[n][0], recon[n][1]) for n in names}
+        curves = {n: recon[n][2] for n in names}
+    if recon is None:
+        recon = reconstruct_species(pop, series, models, names, device=device)
+        halves = {n: (recon[n][0], recon[n][1]) for n in names}
+        curves = {n: recon[n][2] for n in names}
+    after = {n: _resolution(curves[n], pop.species[n].box, pop.species[n].pixel_size_angstrom) for n in names}
+    for key, b, a in scores:
+        if not (math.isfinite(b) and math.isfinite(a)):
+            raise DegenerateResult("the target is not finite", key)
+    if scores and all(abs(b) < 1e-12 and abs(a) < 1e-12 for _, b, a in scores):
+        raise DegenerateResult("every score is zero: references and data do not correlate")
+    for n in names:
+        if after[n] > options.collapse_factor * before[n] + 1e-6 and options.iterations > 0:
+            raise DegenerateResult(
+                f"resolution collapsed from {before[n]:.2f} Å to {after[n]:.2f} Å; nothing committed", f"species {n}"
+            )
+
+    outcome = RefineOutcome(
+        commit=None,
+        parent=parent,
+        species={n: SpeciesOutcome(n, len(parts[n]), before[n], after[n], None, curves[n]) for n in names},
+        iterations=options.iterations,
+        seconds=time.perf_counter() - t0,
+        series=len(series),
+        particle_frames=particle_frames,
+        scores=scores,
+        population=pop,
+        models=models,
+    )
+    if not commit:
+        return outcome
+
+    # ---- write the new state --------------------------------------------------
+    txn = repo.transaction()
+    try:
+        for n in names:
+            sp = pop.species[n]
+            p = parts[n]
+            coords = _resample_time(p.coordinates, options.temporal_samples).copy()
+            angles = _resample_time(p.angles, options.temporal_samples).copy()
+            for key, data in series.items():
+                blk = data.blocks.get(n)
+                if blk is None or not len(blk):
+                    continue
+                m = models[key]
+                coords[blk.index, :, :2] += m.coord_delta[n].detach().cpu().numpy()
+                angles[blk.index] = refined_angles(p.angles[blk.index], m.angle_delta[n].cpu(), options.temporal_samples)
+            sp.particles = Particles(p.items, p.item, coords.astype(np.float32), angles.astype(np.float32), p.half_set, p.extra)
+            for role, vol in (("half1", halves[n][0]), ("half2", halves[n][1])):
+                write_array(txn, sp.maps[role], vol, attributes={"voxel_size": [sp.pixel_size_angstrom] * 3, "voxel_size_unit": "angstrom"})
+            sp.resolution_angstrom = after[n]
+            sp.metrics = {**sp.metrics, "fsc": {"freqs_per_angstrom": curves[n].freqs_per_angstrom.tolist(), "fsc": curves[n].fsc.tolist()}}
+        for key, (src_name, item) in items_of.items():
+            m = models[key]
+            for level, (gx, gy) in enumerate(m.pyramid.grids):
+                nx, ny = _pyramid_grid_names(level)
+                vx, vy = gx.detach().cpu().numpy(), gy.detach().cpu().numpy()
+                dims = (vx.shape[2], vx.shape[1], vx.shape[0])
+                if nx in item.grids and item.grids[nx].dims == dims:
+                    vx = vx + item.grids[nx].values
+                    vy = vy + item.grids[ny].values
+                elif nx in item.grids:  # a different pyramid: keep the old one under another name
+                    k = 0
+                    while f"pyramid/L{level}.{k}/x" in item.grids:
+                        k += 1
+                    item.grids[f"pyramid/L{level}.{k}/x"] = item.grids.pop(nx)
+                    item.grids[f"pyramid/L{level}.{k}/y"] = item.grids.pop(ny)
+                item.grids[nx] = CubicGrid(dims, vx, unit="angstrom")
+                item.grids[ny] = CubicGrid(dims, vy, unit="angstrom")
+        # provenance: items record the species digests they were refined against,
+        # species record the items that contributed
+        write_population(txn, pop, items=False)  # writes particles first, giving the species digests
+        sp_digests = _current_species_digests(txn, names)
+        for key, (src_name, item) in items_of.items():
+            item.refined_with = {n: sp_digests[n] for n in names if n in series[key].blocks}
+        item_digests = {}
+        for key, (src_name, item) in items_of.items():
+            item_digests[item.data_digest] = write_item(txn, src_name, item)
+        for n in names:
+            pop.species[n].contributors = {d: item_digests[d] for d in parts[n].items if d in item_digests}
+        write_population(txn, pop, items=False)
+        meta = {
+            "operation": "refine",
+            "parent": parent,
+            "parameters": {
+                "iterations": options.iterations,
+                "species": names,
+                "params": list(options.params),
+                "grid": list(options.grid),
+                "levels": options.levels,
+                "temporal_samples": options.temporal_samples,
+                "resolution_angstrom": options.resolution_angstrom,
+                "lbfgs_iterations": options.lbfgs_iterations,
+                "device": str(device),
+                "seed": options.seed,
+            },
+            "resolution_angstrom": {n: {"before": round(before[n], 3), "after": round(after[n], 3)} for n in names},
+            "species_digests": _current_species_digests(txn, names),
+            "item_digests": {f"{s}/{it.name}": item_digests[it.data_digest] for s, it in items_of.values()},
+            "series": len(series),
+            "particle_frames": particle_frames,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "summary": ", ".join(f"{n} {before[n]:.2f}->{after[n]:.2f} Å" for n in names),
+        }
+        msg = options.message or (
+            f"Reconstruct at current parameters ({meta['summary']})" if options.iterations == 0
+            else f"Refine {'+'.join(options.params)}, {options.iterations} iterations: {meta['summary']}"
+        )
+        outcome.commit = txn.commit(msg, metadata=meta)
+    finally:
+        txn.discard()
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def _current_species_digests(txn: Any, names: list[str]) -> dict[str, str]:
+    import json
+
+    from ..model.population import species_doc_name
+    from ..store.arrays import read_document
+
+    return {n: json.loads(read_document(txn, species_doc_name(n)))["digest"] for n in names}

@@ -1,0 +1,613 @@
+"""Refinement of one frame series as one multi-particle system (M, frame series).
+
+Everything here is a pure function of (series data, references, model) →
+(new model, back-projection partial sums), so a population's series can be
+refined independently and in parallel (a cluster can map this over series).
+
+Geometry (units: Å unless said; px only inside kernels)
+-------------------------------------------------------
+A particle's position in frame ``i`` is
+
+    r_p(i) = λ_p(t_i) + G_fixed(x_p, y_p, t_i) + G_refined(x_p, y_p, t_i)
+
+with ``λ_p`` its coordinate trajectory (T temporal control points, natural
+cubic spline in time), ``G_fixed`` the motion grids from preprocessing
+(Warp's ``GridMovementX/Y`` and ``GridLocalX/Y``) and ``G_refined`` the
+refined pyramid of grids (:class:`~mrepo.refine.deformation.MotionPyramid`),
+all evaluated at the particle's normalised position ``(x_p, y_p)`` in the
+field of view and the frame's normalised time ``t_i``. Coordinates are Å
+from the centre of pixel (0, 0); pixel index = coordinate / pixel size.
+Its orientation in frame ``i`` is ``θ_p(t_i)`` (RELION ZYZ Euler angles,
+same temporal spline).
+
+Data
+----
+Particle images are extracted once per series at the starting positions
+(rounded to whole pixels), multiplied by their CTF at the aliasing-free box
+and cropped to the species' box (M, "Avoiding CTF aliasing"); refinement
+moves the reference instead (sub-pixel phase shifts). Frequencies where a
+frame's dose weight is below 0.25 are left out for that frame.
+
+Target
+------
+For each particle, the normalised cross-correlation over all its frames of
+its spectrum-whitened, CTF-premultiplied data ``D`` with the reference
+projection ``M = W · CTF²ₗ · w_dose · P(θ) · e^{2πi k·o}`` (``W`` the
+whitening filter, ``CTF²ₗ`` the matching band-limited CTF², ``o`` the
+origin), summed over particles of all species; maximised with L-BFGS with
+exact gradients through autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DegenerateResult
+from .aliasing import aliasing_free_box, ctf_squared_bandlimited, premultiply_ctf
+from .backprojection import Reconstructor
+from .ctf import CtfParams
+from .deformation import MotionPyramid, eval_grid, normalised_time, spline_basis
+from .dose import dose_crop_frequency, dose_weights
+from .euler import euler_to_matrix
+from .fourier import freq_grid_2d, rfft2_centered
+from .projection import FourierVolume, project_rotations
+from .symmetry import symmetry_matrices
+
+__all__ = [
+    "SeriesGeometry",
+    "SpeciesBlock",
+    "SeriesData",
+    "SeriesModel",
+    "SpeciesReference",
+    "RefineSettings",
+    "SeriesResult",
+    "extract_series",
+    "refine_series",
+    "series_positions",
+    "backproject_series",
+    "rotvec_matrix",
+    "refined_angles",
+]
+
+FIXED_GRIDS = (("GridMovementX", "GridMovementY"), ("GridLocalX", "GridLocalY"))
+
+
+# ---------------------------------------------------------------------------
+# data structures
+# ---------------------------------------------------------------------------
+@dataclass
+class SeriesGeometry:
+    """Field of view and time of one series."""
+
+    n_frames: int
+    height_px: int
+    width_px: int
+    pixel_size_angstrom: float
+    exposure_mid: np.ndarray  # (F,) e⁻/Å² at the middle of each frame
+    fixed_grids: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (Z,Y,X) Å pairs
+
+    def normalised_xy(self, coords_angstrom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) in [0, 1] over the field of view for (N, 2+) Å coordinates."""
+        s = self.pixel_size_angstrom
+        x = np.asarray(coords_angstrom)[..., 0] / (s * max(1, self.width_px - 1))
+        y = np.asarray(coords_angstrom)[..., 1] / (s * max(1, self.height_px - 1))
+        return np.clip(x, 0, 1), np.clip(y, 0, 1)
+
+
+@dataclass
+class SpeciesBlock:
+    """The particles of one species in one series, extracted.
+
+    Attributes
+    ----------
+    species: species name.
+    index: (Np,) rows of these particles in the species' particle table.
+    half: (Np,) 0 or 1 (half set − 1).
+    coords0: (Np, T, 3) starting coordinate trajectory (Å).
+    angles0: (Np, T, 3) starting orientation trajectory (deg).
+    centres_px: (Np, F, 2) integer extraction centres (x, y px).
+    data: (Np, F, b, b//2+1) complex: CTF-premultiplied, centred rfft of the particle images.
+    ctf2: (Np, b, b//2+1) band-limited CTF² (the weight matching ``data``).
+    box: species box b (px).
+    """
+
+    species: str
+    index: np.ndarray
+    half: np.ndarray
+    coords0: np.ndarray
+    angles0: np.ndarray
+    centres_px: np.ndarray
+    data: torch.Tensor
+    ctf2: torch.Tensor
+    box: int
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+@dataclass
+class SeriesData:
+    item_name: str
+    item_digest: str
+    geometry: SeriesGeometry
+    blocks: dict[str, SpeciesBlock]
+    whitening: dict[int, torch.Tensor]  # box -> (b, b//2+1) 1/sqrt(noise power)
+    dose_w: dict[int, torch.Tensor]  # box -> (F, b, b//2+1) dose weights
+    dose_kmax: np.ndarray  # (F,) 1/Å beyond which a frame's dose weight < 0.25
+
+
+@dataclass
+class SpeciesReference:
+    """A species' references: prepared half-maps and what the target may use."""
+
+    name: str
+    halves: tuple[FourierVolume, FourierVolume]
+    box: int
+    pixel_size_angstrom: float
+    symmetry: str
+    r_max_px: float  # frequencies used, Fourier px of the species box
+
+
+@dataclass
+class SeriesModel:
+    """Parameters refined for one series."""
+
+    pyramid: MotionPyramid
+    coord_delta: dict[str, torch.Tensor]  # species -> (Np, T, 2) Å
+    angle_delta: dict[str, torch.Tensor]  # species -> (Np, T, 3) rotation vectors (deg) applied after A₀
+
+    def detach(self) -> "SeriesModel":
+        return SeriesModel(
+            MotionPyramid([(a.detach().clone(), b.detach().clone()) for a, b in self.pyramid.grids]),
+            {k: v.detach().clone() for k, v in self.coord_delta.items()},
+            {k: v.detach().clone() for k, v in self.angle_delta.items()},
+        )
+
+
+@dataclass
+class RefineSettings:
+    """How one series is refined.
+
+    ``ramp``: fractions of each reference's resolution limit used in
+    successive L-BFGS stages (coarse to fine: the target's basin is wide at
+    low resolution, so particles several pixels off still find it);
+    ``min_ramp_angstrom``: the coarsest stage is never finer than this.
+    """
+
+    params: frozenset[str] = frozenset({"motion", "poses"})
+    lbfgs_iterations: int = 20
+    device: str | torch.device = "cpu"
+    batch: int = 4096  # particle-frames projected at once
+    ramp: tuple[float, ...] = (0.3, 0.5, 0.75, 1.0)
+    min_ramp_angstrom: float = 30.0
+    prior_shift_px: float = 2.0  # Gaussian prior (σ) on each particle's position correction
+    prior_angle_deg: float = 5.0  # and on its orientation correction
+    prior_weight: float = 0.05  # per particle, in units of NCC
+
+
+@dataclass
+class SeriesResult:
+    model: SeriesModel
+    score_before: float
+    score_after: float
+    evaluations: int
+    reconstructors: dict[str, Reconstructor] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# geometry helpers
+# ---------------------------------------------------------------------------
+def _time_basis(n_frames: int, t_samples: int, device) -> torch.Tensor:
+    """(F, T) spline weights mapping T temporal control points to F frames."""
+    return spline_basis(normalised_time(n_frames), t_samples, device=device)
+
+
+def _fixed_shift(geom: SeriesGeometry, x: np.ndarray, y: np.ndarray, device) -> torch.Tensor:
+    """(Np, F, 2) shifts (Å) of the fixed preprocessing grids at particle positions."""
+    n, f = len(x), geom.n_frames
+    out = torch.zeros((n, f, 2), device=device)
+    if not geom.fixed_grids or n == 0:
+        return out
+    t = normalised_time(f, device=device)
+    xs = torch.as_tensor(np.repeat(x, f), device=device, dtype=torch.float32)
+    ys = torch.as_tensor(np.repeat(y, f), device=device, dtype=torch.float32)
+    ts = t.repeat(n)
+    for gx, gy in geom.fixed_grids:
+        out[..., 0] += eval_grid(torch.as_tensor(gx, device=device), xs, ys, ts).reshape(n, f)
+        out[..., 1] += eval_grid(torch.as_tensor(gy, device=device), xs, ys, ts).reshape(n, f)
+    return out
+
+
+def series_positions(
+    geom: SeriesGeometry, coords: torch.Tensor, pyramid: MotionPyramid | None, *, device=None
+) -> torch.Tensor:
+    """(Np, F, 2) particle positions (Å) in every frame.
+
+    ``coords`` is the (Np, T, 2+) coordinate trajectory; the fixed grids and the
+    pyramid (if given) are added at each particle's starting position.
+    """
+    device = device or coords.device
+    n, t_samples = coords.shape[0], coords.shape[1]
+    f = geom.n_frames
+    basis = _time_basis(f, t_samples, device)
+    pos = torch.einsum("ft,ntc->nfc", basis, coords[..., :2])
+    x, y = geom.normalised_xy(coords[:, 0, :2].detach().cpu().numpy())
+    pos = pos + _fixed_shift(geom, x, y, device)
+    if pyramid is not None and n:
+        t = normalised_time(f, device=device)
+        xs = torch.as_tensor(np.repeat(x, f), device=device, dtype=torch.float32)
+        ys = torch.as_tensor(np.repeat(y, f), device=device, dtype=torch.float32)
+        pos = pos + pyramid.shifts(xs, ys, t.repeat(n)).reshape(n, f, 2)
+    return pos
+
+
+# ---------------------------------------------------------------------------
+# extraction
+# ---------------------------------------------------------------------------
+def _extract_boxes(frames: Any, centres_px: np.ndarray, box: int) -> np.ndarray:
+    """(Np, F, box, box) float32 crops around integer centres; zero outside the frame."""
+    n, f = centres_px.shape[:2]
+    out = np.zeros((n, f, box, box), np.float32)
+    if n == 0:
+        return out
+    h, w = frames.shape[1], frames.shape[2]
+    half = box // 2
+    for i in range(f):
+        frame = np.asarray(frames[i], dtype=np.float32)
+        for p in range(n):
+            cx, cy = int(centres_px[p, i, 0]), int(centres_px[p, i, 1])
+            x0, y0 = cx - half, cy - half
+            xs0, ys0 = max(0, x0), max(0, y0)
+            xs1, ys1 = min(w, x0 + box), min(h, y0 + box)
+            if xs1 <= xs0 or ys1 <= ys0:
+                continue
+            out[p, i, ys0 - y0 : ys1 - y0, xs0 - x0 : xs1 - x0] = frame[ys0:ys1, xs0:xs1]
+    return out
+
+
+def _radial_average(power: torch.Tensor, box: int) -> torch.Tensor:
+    """Rotationally averaged (b, b//2+1) power, as a (b, b//2+1) array."""
+    ky, kx = freq_grid_2d(box, None, device=power.device)
+    r = torch.sqrt(kx * kx + ky * ky).round().long().clamp(max=box // 2 + 1)
+    nb = int(r.max()) + 1
+    sums = torch.zeros(nb, device=power.device).index_add_(0, r.reshape(-1), power.reshape(-1))
+    counts = torch.zeros(nb, device=power.device).index_add_(0, r.reshape(-1), torch.ones_like(power).reshape(-1))
+    return (sums / counts.clamp(min=1))[r]
+
+
+def extract_series(
+    item: Any,
+    frames: Any,
+    species_particles: dict[str, tuple[np.ndarray, Any]],
+    boxes: dict[str, int],
+    *,
+    device: str | torch.device = "cpu",
+    resolution_angstrom: float | None = None,
+) -> SeriesData:
+    """Extract, CTF-premultiply and Fourier-transform every particle of a series.
+
+    Parameters
+    ----------
+    item: the :class:`mrepo.model.Item` (imaging model, exposure, fixed grids).
+    frames: (F, H, W) raw frames (numpy, memmap or zarr).
+    species_particles: species -> (row indices, Particles restricted to those rows).
+    boxes: species -> box (px) of its maps; particles are compared at that box.
+    """
+    device = torch.device(device)
+    im = item.imaging
+    pix = float(im.pixel_size_angstrom)
+    f, h, w = (int(s) for s in frames.shape)
+    fixed = []
+    for gxn, gyn in FIXED_GRIDS:
+        if gxn in item.grids and gyn in item.grids:
+            fixed.append((item.grids[gxn].values, item.grids[gyn].values))
+    for name in sorted(item.grids):
+        if name.startswith("pyramid/") and name.endswith("/x"):
+            other = name[:-1] + "y"
+            if other in item.grids:
+                fixed.append((item.grids[name].values, item.grids[other].values))
+    geom = SeriesGeometry(f, h, w, pix, np.asarray(item.exposure_mid, float), fixed)
+    blocks: dict[str, SpeciesBlock] = {}
+    power_sum: dict[int, torch.Tensor] = {}
+    power_n: dict[int, int] = {}
+    for sp, (rows, parts) in species_particles.items():
+        box = int(boxes[sp])
+        coords0 = np.asarray(parts.coordinates[...], np.float32)
+        angles0 = np.asarray(parts.angles[...], np.float32)
+        half = np.clip(np.asarray(parts.half_set[...], np.int64) - 1, 0, 1)
+        pos = series_positions(geom, torch.as_tensor(coords0), None).numpy()
+        centres = np.round(pos / pix).astype(np.int64)
+        n = len(rows)
+        # CTF per particle: item defocus plus the particle's height z
+        dz = coords0[:, 0, 2] if coords0.shape[-1] > 2 else np.zeros(n, np.float32)
+        params = CtfParams(
+            voltage_kv=float(im.voltage_kv),
+            cs_mm=float(im.cs_mm),
+            amplitude_contrast=float(im.amplitude_contrast),
+            defocus_u_angstrom=torch.as_tensor(im.defocus_u_angstrom + dz, dtype=torch.float32),
+            defocus_v_angstrom=torch.as_tensor(im.defocus_v_angstrom + dz, dtype=torch.float32),
+            defocus_angle_deg=float(im.astigmatism_angle_deg),
+            phase_shift_deg=float(im.phase_shift_deg),
+        )
+        work = box
+        if n:
+            work = max(box, aliasing_free_box(params, pix, resolution_angstrom, particle_diameter_angstrom=0.0, min_box=box))
+        raw = _extract_boxes(frames, centres, work)  # (n, F, L, L)
+        raw_t = torch.as_tensor(raw, device=device)
+        # noise spectrum from the raw boxes (signal is weak per frame): for whitening
+        if n:
+            inner = raw_t[..., (work - box) // 2 : (work - box) // 2 + box, (work - box) // 2 : (work - box) // 2 + box]
+            ps = (rfft2_centered(inner).abs() ** 2).mean(dim=(0, 1))
+            power_sum[box] = power_sum.get(box, 0) + ps * n
+            power_n[box] = power_n.get(box, 0) + n
+        pp = CtfParams(**{k: (v[:, None] if isinstance(v, torch.Tensor) else v) for k, v in params.__dict__.items()})
+        pre = premultiply_ctf(raw_t, pp, pix, box, work_box=work) if n else torch.zeros((0, f, box, box))
+        data = rfft2_centered(pre).to(torch.complex64)
+        ctf2 = ctf_squared_bandlimited(params, pix, box, work, device=device) if n else torch.zeros((0, box, box // 2 + 1))
+        blocks[sp] = SpeciesBlock(sp, np.asarray(rows), half, coords0, angles0, centres, data, ctf2.to(torch.float32), box)
+    whitening = {}
+    dose_w = {}
+    for box in {b.box for b in blocks.values()}:
+        if box in power_sum:
+            ps = _radial_average(power_sum[box] / power_n[box], box)
+            whitening[box] = 1.0 / torch.sqrt(ps.clamp(min=ps[ps > 0].min() if (ps > 0).any() else 1.0))
+        else:
+            whitening[box] = torch.ones((box, box // 2 + 1), device=device)
+        dose_w[box] = dose_weights(torch.as_tensor(geom.exposure_mid), box, pix, device=device)
+    kmax = dose_crop_frequency(torch.as_tensor(geom.exposure_mid))
+    return SeriesData(item.name, item.data_digest, geom, blocks, whitening, dose_w, kmax)
+
+
+# ---------------------------------------------------------------------------
+# the target
+# ---------------------------------------------------------------------------
+def initial_model(data: SeriesData, pyramid_shapes: list[tuple[int, int, int]], temporal_samples: int, *, device) -> SeriesModel:
+    return SeriesModel(
+        MotionPyramid.zeros(pyramid_shapes, device=device),
+        {k: torch.zeros((len(b), temporal_samples, 2), device=device) for k, b in data.blocks.items()},
+        {k: torch.zeros((len(b), temporal_samples, 3), device=device) for k, b in data.blocks.items()},
+    )
+
+
+def _resample_time(x: np.ndarray, t_out: int) -> np.ndarray:
+    """(N, T, C) trajectory control points resampled to t_out points (same curve where possible)."""
+    n, t_in, c = x.shape
+    if t_in == t_out:
+        return x
+    basis = spline_basis(normalised_time(t_out).numpy(), t_in).numpy()  # (t_out, t_in)
+    return np.einsum("ot,ntc->noc", basis, x).astype(np.float32)
+
+
+def rotvec_matrix(w_deg: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) rotation matrices exp([w]×) of rotation vectors ``w`` (degrees)."""
+    w = torch.deg2rad(w_deg)
+    z = torch.zeros_like(w[..., 0])
+    k = torch.stack(
+        [torch.stack([z, -w[..., 2], w[..., 1]], -1), torch.stack([w[..., 2], z, -w[..., 0]], -1), torch.stack([-w[..., 1], w[..., 0], z], -1)],
+        dim=-2,
+    )
+    return torch.linalg.matrix_exp(k)
+
+
+def _block_geometry(
+    data: SeriesData, block: SpeciesBlock, model: SeriesModel
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Np*F, 2) origins (Å, RELION sign) and (Np*F, 3, 3) rotations of a block's particle-frames.
+
+    Orientation corrections are small rotation vectors ω(t) (degrees) composed
+    with the starting orientation, A(t) = A₀(t) · exp([ω(t)]×): well conditioned
+    for every orientation, unlike offsets of Euler angles near tilt 0.
+    """
+    geom = data.geometry
+    dev = block.data.device
+    t_samples = model.coord_delta[block.species].shape[1]
+    coords0 = torch.as_tensor(_resample_time(block.coords0, t_samples), device=dev)
+    angles0 = torch.as_tensor(_resample_time(block.angles0, t_samples), device=dev)
+    coords = coords0[..., :2] + model.coord_delta[block.species]
+    pos = series_positions(geom, torch.cat([coords, coords0[..., 2:]], dim=-1), model.pyramid, device=dev)
+    centres = torch.as_tensor(block.centres_px, device=dev, dtype=torch.float32) * geom.pixel_size_angstrom
+    origin = -(pos - centres)  # particle sits at +d from the box centre: origin -d
+    basis = _time_basis(geom.n_frames, t_samples, dev)
+    a0 = euler_to_matrix(torch.einsum("ft,ntc->nfc", basis, angles0))
+    w = torch.einsum("ft,ntc->nfc", basis, model.angle_delta[block.species])
+    rots = a0 @ rotvec_matrix(w)
+    return origin.reshape(-1, 2), rots.reshape(-1, 3, 3)
+
+
+def _frequency_mask(data: SeriesData, box: int, r_max_px: float, device) -> torch.Tensor:
+    """(F, b, b//2+1) 0/1: frequencies used per frame (resolution limit and dose crop)."""
+    ky, kx = freq_grid_2d(box, None, device=device)
+    r = torch.sqrt(kx * kx + ky * ky)
+    pix = data.geometry.pixel_size_angstrom
+    kmax_px = torch.as_tensor(np.minimum(data.dose_kmax * box * pix, box / 2), device=device, dtype=torch.float32)
+    lim = torch.minimum(kmax_px, torch.tensor(float(r_max_px), device=device))
+    m = (r[None] < lim[:, None, None]) & (r[None] >= 1.0)
+    return m.to(torch.float32)
+
+
+def _block_score(
+    data: SeriesData, block: SpeciesBlock, ref: SpeciesReference, model: SeriesModel, batch: int
+) -> torch.Tensor:
+    """(Np,) NCC of each particle over its frames."""
+    n, f = len(block), data.geometry.n_frames
+    if n == 0:
+        return torch.zeros(0, device=block.data.device)
+    origin, rots = _block_geometry(data, block, model)
+    box = block.box
+    white = data.whitening[box]
+    mask = _frequency_mask(data, box, ref.r_max_px, block.data.device)  # (F, b, b2)
+    dw = data.dose_w[box]
+    half = torch.as_tensor(block.half, device=block.data.device).repeat_interleave(f)
+    proj = torch.zeros((n * f, box, box // 2 + 1), dtype=torch.complex64, device=block.data.device)
+    for h in (0, 1):
+        idx = torch.nonzero(half == h).squeeze(1)
+        for s in range(0, idx.numel(), batch):
+            sel = idx[s : s + batch]
+            p = project_rotations(ref.halves[h], rots[sel], origin[sel], out_box=box, r_max_px=ref.r_max_px)
+            proj = proj.index_copy(0, sel, p)
+    proj = proj.reshape(n, f, box, box // 2 + 1)
+    w = (mask * white[None] ** 2)[None]  # whitening applied to both: weight W²
+    model_ft = proj * (block.ctf2[:, None] * dw[None])
+    d = block.data
+    num = (w * (d.real * model_ft.real + d.imag * model_ft.imag)).sum(dim=(1, 2, 3))
+    dd = (w * (d.real**2 + d.imag**2)).sum(dim=(1, 2, 3))
+    mm = (w * (model_ft.real**2 + model_ft.imag**2)).sum(dim=(1, 2, 3))
+    return num / torch.sqrt(dd * mm + 1e-30)
+
+
+def series_score(data: SeriesData, refs: dict[str, SpeciesReference], model: SeriesModel, batch: int = 4096) -> torch.Tensor:
+    """Sum over species and particles of the per-particle NCC."""
+    total = torch.zeros((), device=next(iter(data.whitening.values())).device)
+    for sp, block in data.blocks.items():
+        if len(block):
+            total = total + _block_score(data, block, refs[sp], model, batch).sum()
+    return total
+
+
+# ---------------------------------------------------------------------------
+# refinement of one series
+# ---------------------------------------------------------------------------
+def _prior(data: SeriesData, model: SeriesModel, settings: RefineSettings) -> torch.Tensor:
+    """Negative log of Gaussian priors on the particles' corrections (MAP, as
+    RELION's prior on offsets): a correction of one σ costs ``prior_weight / 2``
+    of a particle's NCC, so well-determined particles move freely while ones
+    the data do not determine stay near their starting pose."""
+    s_shift = settings.prior_shift_px * data.geometry.pixel_size_angstrom
+    total = torch.zeros(())
+    for d in model.coord_delta.values():
+        total = total + (d * d).sum() / (2 * s_shift**2)
+    for w in model.angle_delta.values():
+        total = total + (w * w).sum() / (2 * settings.prior_angle_deg**2)
+    return settings.prior_weight * total
+
+
+def _ramp(refs: dict[str, SpeciesReference], settings: RefineSettings) -> list[dict[str, SpeciesReference]]:
+    """References limited to successively higher resolutions (coarse to fine)."""
+    stages = []
+    seen = set()
+    for f in settings.ramp:
+        stage = {}
+        for k, r in refs.items():
+            coarsest = r.box * r.pixel_size_angstrom / settings.min_ramp_angstrom
+            lim = min(r.r_max_px, max(r.r_max_px * f, coarsest, 2.0))
+            stage[k] = replace(r, r_max_px=float(lim))
+        key = tuple(round(v.r_max_px, 3) for v in stage.values())
+        if key not in seen:
+            seen.add(key)
+            stages.append(stage)
+    return stages
+
+def refine_series(
+    data: SeriesData,
+    refs: dict[str, SpeciesReference],
+    model: SeriesModel,
+    settings: RefineSettings,
+) -> SeriesResult:
+    """Maximise the series' score over its motion and particle poses with L-BFGS.
+
+    Returns the refined model (detached) and the scores before and after.
+    ``settings.params`` chooses the groups: ``motion`` (the pyramid),
+    ``poses`` (coordinate and angle trajectories).
+    """
+    model = model.detach()
+    shift_vars: list[torch.Tensor] = []
+    if "motion" in settings.params:
+        shift_vars += model.pyramid.parameters()
+    if "poses" in settings.params:
+        shift_vars += list(model.coord_delta.values())
+    angle_vars = list(model.angle_delta.values()) if "poses" in settings.params else []
+    with torch.no_grad():
+        before = float(series_score(data, refs, model, settings.batch))
+    if not math.isfinite(before):
+        raise DegenerateResult("the target is not finite at the starting model", data.item_name)
+    n_particles = sum(len(b) for b in data.blocks.values())
+    if not (shift_vars or angle_vars) or settings.lbfgs_iterations <= 0 or n_particles == 0:
+        return SeriesResult(model, before, before, 1)
+    for v in shift_vars + angle_vars:
+        v.requires_grad_(True)
+    evals = 0
+    stages = _ramp(refs, settings)
+    for k, stage_refs in enumerate(stages):
+        # orientations only at the finest stage: at coarse resolutions they are
+        # not determined and would wander; positions and motion are refined throughout
+        variables = shift_vars + (angle_vars if k == len(stages) - 1 else [])
+        if not variables:
+            continue
+        opt = torch.optim.LBFGS(variables, lr=1.0, max_iter=settings.lbfgs_iterations, history_size=10,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+
+        def closure(stage_refs: dict[str, SpeciesReference] = stage_refs) -> torch.Tensor:
+            nonlocal evals
+            opt.zero_grad()
+            loss = (-series_score(data, stage_refs, model, settings.batch) + _prior(data, model, settings)) / max(1, n_particles)
+            if not torch.isfinite(loss):
+                raise DegenerateResult("the target became NaN during refinement", data.item_name)
+            loss.backward()
+            evals += 1
+            return loss
+
+        opt.step(closure)
+    model = model.detach()
+    with torch.no_grad():
+        after = float(series_score(data, refs, model, settings.batch))
+    return SeriesResult(model, before, after, evals)
+
+
+# ---------------------------------------------------------------------------
+# reconstruction
+# ---------------------------------------------------------------------------
+def backproject_series(
+    data: SeriesData,
+    model: SeriesModel,
+    reconstructors: dict[str, Reconstructor],
+    symmetry: dict[str, str],
+    *,
+    batch: int = 1024,
+) -> None:
+    """Insert every particle-frame of the series into its species' half-map accumulators.
+
+    Data are the CTF-premultiplied images times the frame's dose weight; weights
+    are the band-limited CTF² times the squared dose weight. Symmetric species
+    insert each image at all symmetry-equivalent orientations.
+    """
+    for sp, block in data.blocks.items():
+        n, f = len(block), data.geometry.n_frames
+        if n == 0:
+            continue
+        rec = reconstructors[sp]
+        with torch.no_grad():
+            origin, rots = _block_geometry(data, block, model)
+        ops = torch.as_tensor(symmetry_matrices(symmetry.get(sp, "C1")), dtype=rots.dtype, device=rots.device)
+        g = ops.shape[0]
+        box = block.box
+        dw = data.dose_w[box]
+        mask = _frequency_mask(data, box, box / 2, block.data.device)  # dose crop only
+        inv_noise = data.whitening[box] ** 2  # 1 / noise power: data and weights in SNR units
+        x = (block.data * (dw * mask * inv_noise)[None]).reshape(n * f, box, box // 2 + 1)
+        wts = (block.ctf2[:, None] * (dw * dw * mask * inv_noise)[None]).reshape(n * f, box, box // 2 + 1)
+        half = np.repeat(block.half, f)
+        for h in (0, 1):
+            idx = torch.as_tensor(np.flatnonzero(half == h), device=rots.device)
+            for s in range(0, idx.numel(), batch):
+                sel = idx[s : s + batch]
+                r = torch.einsum("bij,gjk->bgik", rots[sel], ops).reshape(-1, 3, 3)
+                xs = x[sel].repeat_interleave(g, dim=0)
+                ws = wts[sel].repeat_interleave(g, dim=0)
+                os_ = origin[sel].repeat_interleave(g, dim=0)
+                from .backprojection import backproject
+
+                backproject(rec.halves[h], xs, ws, shifts_angstrom=os_, rotations=r)
+
+
+def refined_angles(angles0: np.ndarray, delta: torch.Tensor, t_samples: int) -> np.ndarray:
+    """(N, T, 3) Euler angles (deg) of starting trajectories composed with rotation-vector corrections."""
+    from .euler import matrix_to_euler
+
+    a0 = euler_to_matrix(torch.as_tensor(_resample_time(np.asarray(angles0, np.float32), t_samples), dtype=torch.float64))
+    r = a0 @ rotvec_matrix(delta.detach().to(torch.float64))
+    return matrix_to_euler(r).numpy().astype(np.float32)
