@@ -1,0 +1,119 @@
+"""How far a population (stored, or refined) is from the simulation's ground truth.
+
+Particles are matched to the truth by row (row i of a stored species is row i of
+``truth.particles[species]``); items by data digest. Each function returns one
+number; ``per_item``/``per_species`` variants are in the docstrings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from ..errors import InvalidInput
+from ..model import Population
+from .geometry import frame_positions, interp_trajectory, item_motion_grids, matrices, rotation_angle_deg
+from .truth import Truth
+
+__all__ = ["motion_rmse_px", "pose_error_deg", "defocus_rmse", "frame_position_errors"]
+
+
+def _species(pop: Population, truth: Truth, species: str | Iterable[str] | None) -> list[str]:
+    names = list(truth.particles) if species is None else ([species] if isinstance(species, str) else list(species))
+    for n in names:
+        if n not in pop.species or n not in truth.particles:
+            raise InvalidInput("species not in both the population and the truth", n)
+        if len(pop.species[n].particles) != len(truth.particles[n]):
+            raise InvalidInput("the population's particles do not match the truth row for row", n)
+    return names
+
+
+def frame_position_errors(pop: Population, truth: Truth, species: str | Iterable[str] | None = None,
+                          *, subtract_mean: bool = False) -> np.ndarray:
+    """(M, 2) position errors (Å) of every particle in every frame of every frame series.
+
+    Positions follow :mod:`mrepo.sim.geometry`: trajectory plus the item's motion grids
+    (``GridMovementX/Y``, ``GridLocalX/Y``, ``pyramid/*``) for the population, the true
+    trajectory plus the true pyramid for the truth. With ``subtract_mean``, each particle's
+    mean error over its frames is removed (what is left is motion, not a static offset).
+    """
+    out = []
+    for name in _species(pop, truth, species):
+        est = pop.species[name].particles.load()
+        tru = truth.particles[name]
+        for _src, item in pop.items():
+            if item.kind != "frames":
+                continue
+            idx = est.in_item(item.data_digest)
+            if not len(idx):
+                continue
+            it_true = truth.item_by_digest(item.data_digest)
+            px = item.imaging.pixel_size_angstrom
+            p_est = frame_positions(np.asarray(est.coordinates)[idx], item.n, item.shape, px, item_motion_grids(item))
+            p_true = frame_positions(np.asarray(tru.coordinates)[idx], item.n, item.shape, px, it_true.motion)
+            d = p_est - p_true
+            if subtract_mean:
+                d = d - d.mean(axis=1, keepdims=True)
+            out.append(d.reshape(-1, 2))
+    return np.concatenate(out) if out else np.zeros((0, 2))
+
+
+def motion_rmse_px(pop: Population, truth: Truth, species: str | Iterable[str] | None = None,
+                   *, subtract_mean: bool = False) -> float:
+    """RMS (px) of the particles' per-frame position errors over all frame series.
+
+    See :func:`frame_position_errors`; it measures motion and particle positions together,
+    since a refiner may put motion into either. ``subtract_mean=True`` measures only the
+    motion (each particle's static offset removed).
+    """
+    d = frame_position_errors(pop, truth, species, subtract_mean=subtract_mean)
+    if not len(d):
+        raise InvalidInput("no particle in any frame series", "motion_rmse_px")
+    px = truth.pixel_size_angstrom
+    return float(np.sqrt((d**2).sum(axis=1).mean()) / px)
+
+
+def pose_error_deg(pop: Population, truth: Truth, species: str | Iterable[str] | None = None) -> float:
+    """RMS angle (deg) between estimated and true orientations, over particles and frames (tilt
+    series particles: their single orientation), the smallest over the species' symmetry."""
+    errs = []
+    for name in _species(pop, truth, species):
+        est = pop.species[name].particles.load()
+        tru = truth.particles[name]
+        sym = pop.species[name].symmetry
+        for _src, item in pop.items():
+            idx = est.in_item(item.data_digest)
+            if not len(idx):
+                continue
+            n_t = item.n if item.kind == "frames" else 1
+            a_est = interp_trajectory(np.asarray(est.angles)[idx], n_t) if item.kind == "frames" else np.asarray(est.angles)[idx][:, :1]
+            a_true = interp_trajectory(np.asarray(tru.angles)[idx], n_t) if item.kind == "frames" else np.asarray(tru.angles)[idx][:, :1]
+            errs.append(rotation_angle_deg(matrices(a_est), matrices(a_true), sym).reshape(-1))
+    e = np.concatenate(errs) if errs else np.zeros(0)
+    if not len(e):
+        raise InvalidInput("no particle to compare", "pose_error_deg")
+    return float(np.sqrt((e**2).mean()))
+
+
+def defocus_rmse(pop: Population, truth: Truth, species: str | Iterable[str] | None = None) -> float:
+    """RMS (Å) of the per-particle defocus error of frame-series particles: (item defocus + z)
+    estimated minus true (astigmatism excluded: it is an item property)."""
+    errs = []
+    for name in _species(pop, truth, species):
+        est = pop.species[name].particles.load()
+        tru = truth.particles[name]
+        for _src, item in pop.items():
+            if item.kind != "frames":
+                continue
+            idx = est.in_item(item.data_digest)
+            if not len(idx):
+                continue
+            it_true = truth.item_by_digest(item.data_digest).item
+            d_est = item.imaging.defocus_angstrom + np.asarray(est.coordinates)[idx][:, 0, 2]
+            d_true = it_true.imaging.defocus_angstrom + np.asarray(tru.coordinates)[idx][:, 0, 2]
+            errs.append(d_est - d_true)
+    e = np.concatenate(errs) if errs else np.zeros(0)
+    if not len(e):
+        raise InvalidInput("no frame-series particle to compare", "defocus_rmse")
+    return float(np.sqrt((e**2).mean()))

@@ -1,0 +1,267 @@
+"""The ground truth of a simulated population, kept outside the repository.
+
+Files under ``OUT_DIR/truth/`` (the repository keeps its data in
+``OUT_DIR/.git`` and ``.mrepo``: it has no working tree and tracks none of them):
+
+* ``truth.json`` — preset, seed, configuration, contrast, per-item true
+  models (imaging, exposures, tilt geometry) and file names;
+* ``particles_<species>.npz`` — true coordinate and Euler trajectories
+  (rows in the same order as the stored particles), half sets, item digests;
+* ``items.npz`` — true motion pyramids (frame series) and per-tilt angle
+  errors, image-warp grids and defocus (tilt series);
+* ``maps/<species>.mrc`` — the true maps (and ``maps/<species>_atoms.npz``,
+  the pseudo-atoms).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CorruptObject, NotFound
+from ..io.mrc import read_mrc, write_mrc
+from ..model import ImagingModel, Item, Particles
+from ..refine.deformation import MotionPyramid
+from ..store.atomic import atomic_write
+from .config import SimConfig, SpeciesSpec
+from .render import TiltGeometry
+
+__all__ = ["ItemTruth", "Truth", "load_truth", "save_truth", "TRUTH_DIR"]
+
+TRUTH_DIR = "truth"
+FORMAT = {"format": "mrepo-sim-truth", "version": 1}
+
+
+@dataclass
+class ItemTruth:
+    """True models of one item.
+
+    Attributes
+    ----------
+    source: data source name (``movies`` or ``tiltseries``).
+    item: the item with its **true** imaging model, exposures and (tilt series) true
+        tilt angles, axis and per-tilt offsets; no grids (the motion is ``motion``).
+    motion: (values_x, values_y) grid pairs (Z, Y, X), Å: the true motion pyramid
+        (frame series; level 0 is the global drift, one node per frame).
+    tilt: true per-tilt stage-angle errors, image warp and defocus (tilt series).
+    electrons_per_pixel: (n,) mean electrons per pixel of each frame or tilt (``D``).
+    """
+
+    source: str
+    item: Item
+    motion: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    tilt: TiltGeometry | None = None
+    electrons_per_pixel: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return self.item.name
+
+    @property
+    def digest(self) -> str:
+        return self.item.data_digest
+
+    def pyramid(self) -> MotionPyramid:
+        """The true motion as a :class:`~mrepo.refine.deformation.MotionPyramid` (float64 tensors)."""
+        return MotionPyramid([(torch.as_tensor(gx, dtype=torch.float64), torch.as_tensor(gy, dtype=torch.float64))
+                              for gx, gy in self.motion])
+
+
+@dataclass
+class Truth:
+    """Everything the simulator knows and the repository does not.
+
+    Attributes
+    ----------
+    path: the ``truth`` directory.
+    preset, seed, config: what built it.
+    contrast: ``c`` in the expected counts ``D (1 + c r)``.
+    maps: species -> true map (box³, z y x, float32), pixel size ``config.pixel_size_angstrom``.
+    species: species -> its :class:`~mrepo.sim.config.SpeciesSpec`.
+    boxes: species -> map box (px).
+    particles: species -> true particles (coordinate and Euler trajectories), row i
+        matching row i of the stored species' particles.
+    items: item name -> :class:`ItemTruth`.
+    snr: measured per-particle SNR over all frames (tilts) by source and species.
+    summary: what the commit metadata also records.
+    """
+
+    path: Path | None
+    preset: str
+    seed: int
+    config: SimConfig
+    contrast: float
+    maps: dict[str, np.ndarray]
+    species: dict[str, SpeciesSpec]
+    boxes: dict[str, int]
+    particles: dict[str, Particles]
+    items: dict[str, ItemTruth]
+    snr: dict[str, dict[str, float]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pixel_size_angstrom(self) -> float:
+        return float(self.config.pixel_size_angstrom)
+
+    def item(self, name: str) -> Item:
+        """The item with its true imaging model (see :class:`ItemTruth`)."""
+        return self._item(name).item
+
+    def _item(self, name: str) -> ItemTruth:
+        if name not in self.items:
+            raise NotFound("no such item in the simulation", name)
+        return self.items[name]
+
+    def motion(self, name: str) -> MotionPyramid:
+        """True motion pyramid of a frame series."""
+        return self._item(name).pyramid()
+
+    def tilt_geometry(self, name: str) -> TiltGeometry | None:
+        return self._item(name).tilt
+
+    def item_by_digest(self, digest: str) -> ItemTruth:
+        for it in self.items.values():
+            if it.digest == digest:
+                return it
+        raise NotFound("no simulated item with this data digest", digest)
+
+    def particles_in_item(self, name: str) -> dict[str, Particles]:
+        """Species -> true particles of one item (rows of that item only, in table order)."""
+        dig = self._item(name).digest
+        out = {}
+        for sp, p in self.particles.items():
+            idx = p.in_item(dig)
+            if len(idx):
+                out[sp] = p.select(np.isin(np.arange(len(p)), idx))
+        return out
+
+    def rows_in_item(self, name: str) -> dict[str, np.ndarray]:
+        """Species -> indices of the item's particles in the species' tables."""
+        dig = self._item(name).digest
+        return {sp: p.in_item(dig) for sp, p in self.particles.items() if len(p.in_item(dig))}
+
+
+# ---------------------------------------------------------------------------- files
+def _arr(a) -> list | None:
+    return None if a is None else np.asarray(a).tolist()
+
+
+def save_truth(truth: Truth, out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``truth`` under ``out_dir/truth`` (see the module docstring); returns that directory."""
+    d = Path(out_dir) / TRUTH_DIR
+    (d / "maps").mkdir(parents=True, exist_ok=True)
+    px = truth.pixel_size_angstrom
+    species_doc = {}
+    for name, m in truth.maps.items():
+        write_mrc(d / "maps" / f"{name}.mrc", m, px, label=f"mrepo sim true map {name}")
+        species_doc[name] = {"map": f"maps/{name}.mrc", "box": truth.boxes[name],
+                             "spec": {k: getattr(truth.species[name], k) for k in SpeciesSpec.__dataclass_fields__}}
+    for name, p in truth.particles.items():
+        p = p.load()
+        np.savez(d / f"particles_{name}.npz", items=np.asarray(p.items, dtype=str), item=p.item,
+                 coordinates=p.coordinates, angles=p.angles, half_set=p.half_set)
+        species_doc[name]["particles"] = f"particles_{name}.npz"
+    grids: dict[str, np.ndarray] = {}
+    items_doc = {}
+    for name, it in truth.items.items():
+        item = it.item
+        items_doc[name] = {
+            "source": it.source,
+            "kind": item.kind,
+            "data_digest": item.data_digest,
+            "shape": list(item.shape),
+            "imaging": item.imaging.to_json(),
+            "pre_exposure": _arr(item.pre_exposure),
+            "dose": _arr(item.dose),
+            "tilt_angles_deg": _arr(item.tilt_angles_deg),
+            "tilt_axis_deg": _arr(item.tilt_axis_deg),
+            "tilt_axis_offset_angstrom": _arr(item.tilt_axis_offset_angstrom),
+            "electrons_per_pixel": _arr(it.electrons_per_pixel),
+            "motion_levels": len(it.motion),
+            "tilt": None if it.tilt is None else {"warp": it.tilt.warp is not None},
+        }
+        for k, (gx, gy) in enumerate(it.motion):
+            grids[f"{name}/motion/{k}/x"] = np.asarray(gx)
+            grids[f"{name}/motion/{k}/y"] = np.asarray(gy)
+        if it.tilt is not None:
+            grids[f"{name}/tilt/angle_errors_deg"] = np.asarray(it.tilt.angle_errors_deg)
+            grids[f"{name}/tilt/defocus_angstrom"] = np.asarray(it.tilt.defocus_angstrom)
+            if it.tilt.warp is not None:
+                grids[f"{name}/tilt/warp_x"] = np.asarray(it.tilt.warp[0])
+                grids[f"{name}/tilt/warp_y"] = np.asarray(it.tilt.warp[1])
+    np.savez(d / "items.npz", **grids)
+    doc = {
+        **FORMAT,
+        "preset": truth.preset,
+        "seed": truth.seed,
+        "config": truth.config.to_json(),
+        "contrast": truth.contrast,
+        "species": species_doc,
+        "items": items_doc,
+        "snr": truth.snr,
+        "summary": truth.summary,
+        "conventions": "docs/simulation.md",
+    }
+    atomic_write(d / "truth.json", (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    truth.path = d
+    return d
+
+
+def load_truth(out_dir: str | os.PathLike[str]) -> Truth:
+    """The ground truth of the simulation in ``out_dir`` (the ``mrepo sim`` output folder or its ``truth``)."""
+    base = Path(out_dir)
+    d = base if (base / "truth.json").exists() else base / TRUTH_DIR
+    f = d / "truth.json"
+    if not f.exists():
+        raise NotFound("no simulation ground truth here (truth/truth.json)", str(base))
+    try:
+        doc = json.loads(f.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptObject(f"not valid JSON: {e}", str(f)) from None
+    if doc.get("format") != FORMAT["format"] or doc.get("version", 0) > FORMAT["version"]:
+        raise CorruptObject("not a simulation truth of a supported version", str(f))
+    cfg = SimConfig.from_json(doc["config"])
+    maps, species, boxes, particles = {}, {}, {}, {}
+    try:
+        for name, sd in doc["species"].items():
+            maps[name] = np.array(read_mrc(d / sd["map"], mmap=False).data, dtype=np.float32)
+            species[name] = SpeciesSpec(**sd["spec"])
+            boxes[name] = int(sd["box"])
+            with np.load(d / sd["particles"]) as z:
+                particles[name] = Particles([str(x) for x in z["items"]], z["item"], z["coordinates"], z["angles"],
+                                            z["half_set"])
+        items = {}
+        with np.load(d / "items.npz") as g:
+            grids = {k: g[k] for k in g.files}
+        for name, it in doc["items"].items():
+            item = Item(
+                name=name,
+                kind=it["kind"],
+                data_digest=it["data_digest"],
+                shape=tuple(it["shape"]),
+                imaging=ImagingModel.from_json(it["imaging"]),
+                pre_exposure=np.asarray(it["pre_exposure"]),
+                dose=np.asarray(it["dose"]),
+                tilt_angles_deg=None if it["tilt_angles_deg"] is None else np.asarray(it["tilt_angles_deg"]),
+                tilt_axis_deg=None if it["tilt_axis_deg"] is None else np.asarray(it["tilt_axis_deg"]),
+                tilt_axis_offset_angstrom=None if it["tilt_axis_offset_angstrom"] is None
+                else np.asarray(it["tilt_axis_offset_angstrom"]),
+            )
+            motion = [(grids[f"{name}/motion/{k}/x"], grids[f"{name}/motion/{k}/y"]) for k in range(it["motion_levels"])]
+            tilt = None
+            if it.get("tilt") is not None:
+                warp = (grids[f"{name}/tilt/warp_x"], grids[f"{name}/tilt/warp_y"]) if it["tilt"]["warp"] else None
+                tilt = TiltGeometry(grids[f"{name}/tilt/angle_errors_deg"], warp, grids[f"{name}/tilt/defocus_angstrom"])
+            epp = it.get("electrons_per_pixel")
+            items[name] = ItemTruth(it["source"], item, motion, tilt, None if epp is None else np.asarray(epp))
+    except (KeyError, OSError, ValueError) as e:
+        raise CorruptObject(f"simulation truth is incomplete or damaged: {e}", str(d)) from None
+    return Truth(d, doc["preset"], int(doc["seed"]), cfg, float(doc["contrast"]), maps, species, boxes, particles,
+                 items, doc.get("snr", {}), doc.get("summary", {}))
+
