@@ -7,10 +7,12 @@ arrays, commits or branches use it, and is verified on every read.
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,37 @@ from ..errors import CorruptObject, NotFound
 from .atomic import fsync_dir
 from .digest import blake3_hex, is_digest
 
-__all__ = ["ChunkStore", "ChunkRef"]
+__all__ = ["ChunkStore", "ChunkRef", "ChunkFetcher", "register_fetcher", "fetcher_factory"]
+
+#: A chunk fetcher: given digests, returns the bytes of those it can get
+#: (a subset). The store verifies every returned chunk against its digest.
+#: It may also offer ``promised(digest) -> bool`` (is the chunk available
+#: from it, without fetching it), used by ``fsck`` on lazy repositories.
+ChunkFetcher = Callable[[Sequence[str]], Mapping[str, bytes]]
+
+# name -> factory(repository) -> fetcher or None. Layers above the store
+# register factories; a repository names one in its config (``mrepo.fetcher``).
+_FETCHER_FACTORIES: dict[str, Callable[[object], "ChunkFetcher | None"]] = {}
+
+
+def register_fetcher(name: str, factory: Callable[[object], "ChunkFetcher | None"]) -> None:
+    """Register a factory of chunk fetchers under ``name`` (a module name by convention)."""
+    _FETCHER_FACTORIES[name] = factory
+
+
+def fetcher_factory(name: str) -> Callable[[object], "ChunkFetcher | None"]:
+    """The factory registered as ``name``; if none is, the module ``name`` is
+    imported (it registers itself) and looked up again."""
+    if name not in _FETCHER_FACTORIES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+    try:
+        return _FETCHER_FACTORIES[name]
+    except KeyError:
+        raise NotFound("no chunk fetcher registered under this name", name) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +77,47 @@ class ChunkStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.tmp = self.root / "tmp"
+        self._fetcher: ChunkFetcher | None = None
+        self._fetcher_loader: Callable[[], ChunkFetcher | None] | None = None
+        self._fetcher_lock = threading.Lock()
+        self.cache_fetched = True
+
+    # -- fetching missing chunks (lazy repositories) ------------------------
+    def set_fetcher(
+        self, fetcher: ChunkFetcher | Callable[[], ChunkFetcher | None] | None, *, cache: bool = True, deferred: bool = False
+    ) -> None:
+        """Consult ``fetcher`` when a chunk is missing. Fetched chunks are
+        verified against their digest and, with ``cache``, stored. With
+        ``deferred``, ``fetcher`` is a zero-argument callable that builds the
+        fetcher on the first miss."""
+        with self._fetcher_lock:
+            self._fetcher = None if deferred else fetcher  # type: ignore[assignment]
+            self._fetcher_loader = fetcher if deferred else None  # type: ignore[assignment]
+            self.cache_fetched = cache
+
+    @property
+    def fetcher(self) -> ChunkFetcher | None:
+        with self._fetcher_lock:
+            if self._fetcher is None and self._fetcher_loader is not None:
+                # the loader is dropped only once resolved: concurrent readers
+                # that miss meanwhile wait on the lock instead of failing
+                self._fetcher = self._fetcher_loader()
+                self._fetcher_loader = None
+            return self._fetcher
+
+    def _fetch_one(self, digest: str) -> bytes:
+        fetcher = self.fetcher
+        if fetcher is None:
+            raise NotFound("missing chunk", digest)
+        data = fetcher([digest]).get(digest)
+        if data is None:
+            raise NotFound("missing chunk (not available from the chunk fetcher)", digest)
+        data = bytes(data)
+        if blake3_hex(data) != digest:
+            raise CorruptObject("fetched chunk does not match its digest", digest)
+        if self.cache_fetched:
+            self.put(data, digest)
+        return data
 
     # -- paths -------------------------------------------------------------
     def path(self, digest: str) -> Path:
@@ -103,12 +176,15 @@ class ChunkStore:
                 fsync_dir(d)
 
     # -- reading -----------------------------------------------------------
-    def get(self, digest: str) -> bytes:
-        """Read a chunk and verify it against its digest."""
+    def get(self, digest: str, *, fetch: bool = True) -> bytes:
+        """Read a chunk and verify it against its digest. A missing chunk is
+        asked of the fetcher, if one is set and ``fetch`` is true."""
         try:
             with open(self.path(digest), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
+            if fetch and (self._fetcher is not None or self._fetcher_loader is not None):
+                return self._fetch_one(digest)
             raise NotFound("missing chunk", digest) from None
         if blake3_hex(data) != digest:
             raise CorruptObject("chunk content does not match its digest", digest)

@@ -36,6 +36,7 @@ class FsckReport:
     blobs: int = 0
     chunks: int = 0
     chunk_bytes: int = 0
+    promised_chunks: int = 0  # lazy repositories: absent here, available from the fetcher
     problems: list[FsckProblem] = field(default_factory=list)
 
     @property
@@ -43,8 +44,14 @@ class FsckReport:
         return not self.problems
 
 
-def fsck(repo, *, progress: Callable[[int], None] | None = None) -> FsckReport:
-    """Verify refs, commits, trees, blobs (SHA-1) and chunks (BLAKE3, size)."""
+def fsck(repo, *, progress: Callable[[int], None] | None = None, fetch_missing: bool = False) -> FsckReport:
+    """Verify refs, commits, trees, blobs (SHA-1) and chunks (BLAKE3, size).
+
+    In a repository with a chunk fetcher (a lazy clone), a chunk that is
+    absent here but promised by the fetcher is counted in
+    ``promised_chunks``, not reported; with ``fetch_missing`` it is fetched
+    (verified, cached) and checked like any other.
+    """
     rep = FsckReport()
     objs = repo.objects
     tips: list[tuple[str, str]] = []
@@ -142,10 +149,21 @@ def fsck(repo, *, progress: Callable[[int], None] | None = None) -> FsckReport:
         for p in obj.parents:
             stack.append((p.decode("ascii"), f"parent of {short}"))
 
+    fetcher = repo.chunks.fetcher
+    promised: set[str] = set()
+
     def check_chunk(item: tuple[str, tuple[int, str]]) -> FsckProblem | None:
         digest, (size, where) = item
         try:
-            data = repo.chunks.get(digest)
+            data = repo.chunks.get(digest, fetch=fetch_missing)
+        except NotFound as e:
+            if fetcher is not None and not fetch_missing:
+                check = getattr(fetcher, "promised", None)
+                if check is None or check(digest):
+                    promised.add(digest)
+                    return None
+                return FsckProblem("missing", digest, where, "missing chunk, and the chunk fetcher does not have it")
+            return FsckProblem("missing", digest, where, e.message)
         except MrepoError as e:
             return FsckProblem("missing" if isinstance(e, NotFound) else "corrupt", digest, where, e.message)
         if len(data) != size:
@@ -160,4 +178,5 @@ def fsck(repo, *, progress: Callable[[int], None] | None = None) -> FsckReport:
                 rep.problems.append(res)
             if progress:
                 progress(size)
+    rep.promised_chunks = len(promised)
     return rep

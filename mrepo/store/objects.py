@@ -56,12 +56,14 @@ class GitObjects:
         self._cache_size = cache_size
         self._dirty_dirs: set[str] = set()
         self._lock = threading.Lock()
+        self._pack_lock = threading.RLock()  # dulwich's pack store is not thread-safe
 
     @property
     def dulwich_store(self) -> DiskObjectStore:
-        if self._store is None:
-            self._store = DiskObjectStore(str(self.objects_dir))
-        return self._store
+        with self._pack_lock:
+            if self._store is None:
+                self._store = DiskObjectStore(str(self.objects_dir))
+            return self._store
 
     # -- writing -----------------------------------------------------------
     def write(self, obj: ShaFile) -> str:
@@ -108,7 +110,8 @@ class GitObjects:
         if not pack_dir.exists() or not any(pack_dir.glob("*.idx")):
             return False
         try:
-            return self.dulwich_store.contains_packed(sha.encode("ascii"))
+            with self._pack_lock:
+                return self.dulwich_store.contains_packed(sha.encode("ascii"))
         except Exception:
             return False
 
@@ -136,7 +139,8 @@ class GitObjects:
             if raw is not None:
                 obj = _parse_loose(raw, sha)
             elif self._packed(sha):
-                obj = self.dulwich_store[sha.encode("ascii")]
+                with self._pack_lock:
+                    obj = self.dulwich_store[sha.encode("ascii")]
             else:
                 raise NotFound("missing git object", sha)
             actual = obj.id.decode("ascii")

@@ -75,7 +75,26 @@ class Repository:
         self.objects = GitObjects(self.gitdir)
         self.refs = RefStore(self.gitdir, self.mrepo_dir / "locks" / "refs.lock")
         self.chunks = ChunkStore(self.mrepo_dir / "chunks")
+        self.chunks.set_fetcher(self._configured_fetcher, deferred=True)
         self._snapshots: OrderedDict[str | None, Snapshot] = OrderedDict()
+
+    def config_value(self, section: tuple[str, ...], key: str) -> str | None:
+        """A value of the repository's git config, or None."""
+        from dulwich.config import ConfigFile
+
+        try:
+            cfg = ConfigFile.from_path(str(self.gitdir / "config"))
+            return cfg.get(tuple(s.encode() for s in section), key.encode()).decode("utf-8")
+        except (KeyError, FileNotFoundError):
+            return None
+
+    def _configured_fetcher(self):
+        """The chunk fetcher named by ``mrepo.fetcher`` in the config (lazy
+        repositories), built on the first missing chunk; None if unset."""
+        from .chunks import fetcher_factory
+
+        name = self.config_value(("mrepo",), "fetcher")
+        return fetcher_factory(name)(self) if name else None
 
     def __repr__(self) -> str:
         return f"<mrepo.Repository {self.path}>"
