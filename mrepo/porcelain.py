@@ -17,7 +17,7 @@ import numpy as np
 from .errors import FormatError, InvalidInput, NotFound
 from .io.images import IMAGE_SUFFIXES, read_image
 from .store import Repository, Transaction
-from .store.arrays import ArrayInfo, array_info, delete_node, node_kind, write_array, write_document
+from .store.arrays import ArrayInfo, array_info, check_free, delete_node, node_kind, write_array, write_document
 from .store.diff import NodeChange, summarize_changes
 from .store.layout import data_key, doc_key, validate_name
 from .store.repository import CommitInfo
@@ -106,9 +106,7 @@ def add(
             info = write_array(scratch, nm, obj.data, chunks=chunks, attributes=attrs, progress=progress)
             results.append(AddResult(p, nm, "array", info, list(obj.source.get("notes", []))))
         for _, nm, kind, _ in opened:
-            other = node_kind(index, nm)
-            if other is not None and other != kind:
-                raise InvalidInput(f"'{nm}' is already a {other}", nm)
+            check_free(index, nm, kind)
         # replace whatever the index held under these names, in one step
         ops: dict[str, Any] = {}
         for _, nm, kind, _ in opened:

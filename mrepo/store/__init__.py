@@ -9,12 +9,26 @@ Levels, as in icechunk: :class:`Repository` (refs, history, gc) →
 compare-and-swap) → :class:`MrepoStore` (a zarr v3 ``Store``).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .arrays import ArrayInfo, array_info, default_chunks, delete_node, list_nodes, open_array, read_document, write_array, write_document
 from .chunks import ChunkRef, ChunkStore
 from .repository import CommitInfo, HeadInfo, Repository, init_repo, open_repo
 from .snapshot import Entry, Snapshot
 from .transaction import Transaction
-from .zarr_store import MrepoStore
+
+if TYPE_CHECKING:
+    from .zarr_store import MrepoStore
+
+
+def __getattr__(name: str) -> Any:
+    # zarr takes most of a command's start-up time; commands that never open
+    # a zarr Store (commit, log, status, fsck, gc...) should not pay for it
+    if name == "MrepoStore":
+        from .zarr_store import MrepoStore
+
+        return MrepoStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ArrayInfo",

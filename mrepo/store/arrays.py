@@ -33,6 +33,7 @@ __all__ = [
     "array_info",
     "list_nodes",
     "node_kind",
+    "check_free",
     "write_document",
     "read_document",
     "delete_node",
@@ -123,9 +124,20 @@ def node_kind(view: View, name: str) -> str | None:
     meta = _zarr_meta(view, name)
     if meta is not None:
         return "array" if meta.get("node_type") == "array" else "group"
-    # implicit group: keys below it
+    # implicit group: keys below it, unless they are chunk keys of an array
     for _ in view.iter_entries(data_key(name) + "/"):
-        return "group"
+        return None if _enclosing_array(view, name) else "group"
+    return None
+
+
+def _enclosing_array(view: View, name: str) -> str | None:
+    """The array that ``name`` lies inside (a proper prefix of it), or None."""
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        outer = "/".join(parts[:i])
+        meta = _zarr_meta(view, outer)
+        if meta is not None and meta.get("node_type") == "array":
+            return outer
     return None
 
 
@@ -178,11 +190,20 @@ def list_nodes(view: View) -> list[NodeInfo]:
     return sorted(out, key=lambda n: n.name)
 
 
-def _check_free(txn: Any, name: str, kind: str) -> None:
-    """An array may replace an array; a document a document."""
-    other = node_kind(txn, name)
+def check_free(view: View, name: str, kind: str) -> None:
+    """Can ``name`` be staged as a ``kind`` ('array' or 'document') in ``view``?
+
+    An array may replace an array, a document a document; an array cannot
+    lie inside another array (zarr arrays hold chunks, not nodes).
+    """
+    other = node_kind(view, name)
     if other is not None and other != kind:
-        raise InvalidInput(f"'{name}' is already a {other}", name)
+        article = "an" if other[0] in "aeiou" else "a"
+        raise InvalidInput(f"'{name}' is already {article} {other}", name)
+    if kind == "array":
+        outer = _enclosing_array(view, name)
+        if outer is not None:
+            raise InvalidInput(f"'{outer}' is an array and cannot hold other arrays", name)
 
 
 def write_array(
@@ -214,7 +235,7 @@ def write_array(
     import zarr
 
     validate_name(name, "array name")
-    _check_free(txn, name, "array")
+    check_free(txn, name, "array")
     shape = tuple(int(s) for s in data.shape)
     dtype = np.dtype(data.dtype)
     if dtype.kind not in "biufc":
@@ -296,7 +317,7 @@ def open_array(repo: Any, commit: str, name: str) -> Any:
 def write_document(txn: Any, name: str, data: bytes | str) -> Entry:
     """Stage a small document (JSON, TOML, text) under ``docs/<name>``."""
     validate_name(name, "document name")
-    _check_free(txn, name, "document")
+    check_free(txn, name, "document")
     if isinstance(data, str):
         data = data.encode("utf-8")
     return txn.set(doc_key(name), data)

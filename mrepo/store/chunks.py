@@ -143,7 +143,10 @@ class ChunkStore:
             return ChunkRef(digest, len(data))
         except FileNotFoundError:
             pass
-        target.parent.mkdir(exist_ok=True)
+        if not target.parent.is_dir():
+            # a new fan-out directory: its entry in the root must be durable too
+            target.parent.mkdir(exist_ok=True)
+            fsync_dir(self.root)
         tmp = self.tmp / f"{uuid.uuid4().hex}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:

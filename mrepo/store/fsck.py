@@ -59,8 +59,11 @@ def fsck(repo, *, progress: Callable[[int], None] | None = None, fetch_missing: 
         target, sha = repo.refs.read_head()
         if sha is not None:
             tips.append(("HEAD", sha))
-        elif target is not None and target not in repo.refs.list("refs/heads/"):
-            pass  # unborn branch
+        elif target is not None:
+            # mrepo never leaves HEAD on an unborn branch (init commits, clone
+            # checks out a fetched branch): a missing target is a damaged HEAD
+            # (one flipped byte of "ref: refs/heads/main") or a deleted branch
+            rep.problems.append(FsckProblem("missing", "HEAD", "HEAD", f"HEAD names branch {target}, which does not exist"))
     except MrepoError as e:
         rep.problems.append(FsckProblem("corrupt", "HEAD", "HEAD", e.message))
     try:

@@ -17,6 +17,7 @@ A commit's tree has three top-level folders (docs/format.md is normative):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from ..errors import InvalidInput
@@ -33,6 +34,7 @@ __all__ = [
     "is_metadata_key",
     "ancestors",
     "validate_name",
+    "bad_key_component",
     "data_key",
     "doc_key",
 ]
@@ -70,13 +72,38 @@ def ancestors(key: str) -> Iterator[str]:
 
 _FORBIDDEN_COMPONENTS = {"", ".", ".."} | set(METADATA_NAMES) | {MANIFEST}
 
+# Names git reserves in trees: `git fsck` rejects a tree holding them (hasDotgit,
+# gitmodulesBlob, gitattributesBlob). Git compares them ignoring letter case,
+# trailing dots and spaces (NTFS), the code points HFS+ ignores, and also
+# knows their 8.3 short forms (git~1, gitmod~1, gi7eba~1, ...).
+_GIT_RESERVED = frozenset({".git", ".gitmodules", ".gitattributes"})
+_GIT_SHORT_NAMES = re.compile(r"(git|gitmod|gi7eba|gitatt|gi7d29)~[0-9]+")
+_HFS_IGNORED = dict.fromkeys([*range(0x200C, 0x2010), *range(0x202A, 0x202F), *range(0x206A, 0x2070), 0xFEFF])
+
+
+def _git_reserved(comp: str) -> bool:
+    folded = comp.translate(_HFS_IGNORED).casefold().rstrip(" .")
+    return folded in _GIT_RESERVED or _GIT_SHORT_NAMES.fullmatch(folded) is not None
+
+
+def bad_key_component(key: str) -> str | None:
+    """The first component of tree path ``key`` that no tree may hold
+    (``.``, ``..`` or a name git reserves), or None. Cheap: it runs on every
+    staged key."""
+    for comp in key.split("/"):
+        if comp in (".", "..") or (("." in comp or "~" in comp) and _git_reserved(comp)):
+            return comp
+    return None
+
 
 def validate_name(name: str, what: str = "name") -> str:
     """Check a user-visible array or document name; return it unchanged.
 
     Names are relative, ``/``-separated paths: no leading ``/``, no empty,
     ``.`` or ``..`` components, no backslashes or control characters, no
-    component reserved by zarr (``__*``) or by the format.
+    component reserved by zarr (``__*``), by the format or by git (``.git``,
+    ``.gitmodules``, ``.gitattributes`` and their variants, which would make
+    ``git fsck`` reject the commit's tree).
     """
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"empty {what}")
@@ -91,6 +118,8 @@ def validate_name(name: str, what: str = "name") -> str:
             raise InvalidInput(f"{what} uses the reserved component '{comp}'", name)
         if comp.startswith("__"):
             raise InvalidInput(f"{what} component starts with the reserved prefix '__'", name)
+        if _git_reserved(comp):
+            raise InvalidInput(f"{what} uses a component that git reserves ('{comp}')", name)
         if len(comp.encode("utf-8")) > 255:
             raise InvalidInput(f"{what} component longer than 255 bytes", name)
     return name

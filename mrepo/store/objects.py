@@ -78,7 +78,10 @@ class GitObjects:
             pass
         if self._packed(sha):
             return sha
-        d.mkdir(exist_ok=True)
+        if not d.is_dir():
+            # a new fan-out directory: its entry in objects/ must be durable too
+            d.mkdir(exist_ok=True)
+            fsync_dir(self.objects_dir)
         tmp = d / f"tmp_obj_{uuid.uuid4().hex}"
         data = b"".join(obj.as_legacy_object_chunks())
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)

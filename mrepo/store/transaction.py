@@ -28,7 +28,7 @@ from dulwich.objects import Blob, Commit
 from ..errors import ConflictError, InvalidInput, NotFound
 from .atomic import FileLock, atomic_write, crashpoint, fsync_dir
 from .digest import canonical_json
-from .layout import COMMIT_META_PATH, FORMAT_PATH, is_blob_key
+from .layout import COMMIT_META_PATH, FORMAT_PATH, bad_key_component, is_blob_key
 from .snapshot import Entry, Snapshot
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ _LOGS_LOCK = threading.Lock()
 def _check_key(key: str) -> str:
     if not key or any(c in key for c in "\t\n\r") or key.startswith("/") or "//" in key:
         raise InvalidInput("invalid key", repr(key))
+    comp = bad_key_component(key)
+    if comp is not None:
+        raise InvalidInput(f"invalid key: '.', '..' and names git reserves cannot be components ('{comp}')", repr(key))
     return key
 
 

@@ -177,3 +177,32 @@ def test_two_processes_commit_the_same_array_one_gets_a_retryable_error(tmp_path
         val = repo.open_array("HEAD", "same")[0, 0, 0]
         assert val in (1.0 + round_, 10.0 + round_)
     assert repo.fsck().ok
+
+
+def test_new_fan_out_directories_are_made_durable(tmp_path, monkeypatch):
+    """Power loss, not only SIGKILL: a chunk or object written into a new
+    fan-out directory is reachable only if that directory's own entry is
+    durable, so its parent is fsynced when it is created (once)."""
+    from mrepo.store import chunks as chunks_mod
+    from mrepo.store import objects as objects_mod
+
+    repo = mrepo.init_repo(tmp_path / "r")
+    synced: list[Path] = []
+
+    def record(path):
+        synced.append(Path(path))
+
+    monkeypatch.setattr(chunks_mod, "fsync_dir", record)
+    monkeypatch.setattr(objects_mod, "fsync_dir", record)
+    for d in [*repo.chunks.root.iterdir(), *(repo.gitdir / "objects").iterdir()]:
+        if len(d.name) == 2:
+            shutil.rmtree(d)
+    ref = repo.chunks.put(b"chunk bytes")
+    assert synced == [repo.chunks.root]
+    repo.chunks.put(b"chunk bytes")  # exists: nothing to sync
+    assert synced == [repo.chunks.root]
+    sha = repo.objects.write_blob(b"a blob")
+    assert synced == [repo.chunks.root, repo.gitdir / "objects"]
+    repo.chunks.sync_dirs([ref.digest])
+    repo.objects.sync()
+    assert synced[2:] == [repo.chunks.root / ref.digest[:2], repo.gitdir / "objects" / sha[:2]]

@@ -96,6 +96,24 @@ def test_flipped_ref_byte_is_detected(committed, cli, offset):
     assert r.returncode == 1 and r.stderr.startswith("error:")
 
 
+def test_flipped_head_byte_is_detected(committed, cli):
+    """HEAD is a ref too: every one-bit flip of it is reported, including
+    those that leave a well-formed name of a branch that does not exist."""
+    repo, sha, _ = committed
+    head = repo.gitdir / "HEAD"
+    orig = head.read_bytes()
+    for offset in range(len(orig)):
+        _flip(head, offset)
+        rep = mrepo.open_repo(repo.path).fsck()
+        assert not rep.ok and any(p.object == "HEAD" for p in rep.problems), head.read_bytes()
+        head.write_bytes(orig)
+    _flip(head, len(orig) - 2)  # refs/heads/main -> refs/heads/maio
+    r = cli("fsck", cwd=repo.path)
+    assert r.returncode == 1 and "HEAD names branch refs/heads/maio" in r.stderr
+    r = cli("log", cwd=repo.path)
+    assert r.returncode == 1 and r.stderr.startswith("error:")
+
+
 def test_fsck_clean_and_missing_chunk(committed, cli):
     repo, sha, _ = committed
     assert cli("fsck", cwd=repo.path).returncode == 0
@@ -138,15 +156,19 @@ def test_bad_input_one_line_errors_and_no_change(committed, cli, tmp_path, fixtu
         (("show", "deadbeef"), "unknown revision"),
         (("show", "HEAD~99"), "beyond"),
         (("export", "HEAD:nope", str(tmp_path / "o.mrc")), "no such"),
+        (("show", "HEAD:m/c/0"), "no such"),  # chunk keys inside an array are not folders
         (("add", str(good), "--as", "../escape"), "'..'"),
         (("add", str(good), "--as", "/abs/name"), "absolute"),
         (("add", str(good), "--as", "a//b"), "empty"),
+        (("add", str(good), "--as", "maps/.git"), "git reserves"),
+        (("add", str(good), "--as", ".GitModules"), "git reserves"),
+        (("add", str(good), "--as", "m/inner"), "'m' is an array"),
         (("add", str(good), str(trunc)), "truncated"),
         (("add", str(tiny)), "truncated"),
         (("add", str(badtif)), "TIFF"),
         (("add", str(trunctif)), "TIFF"),
         (("add", str(tmp_path / "missing.mrc")), "no such file"),
-        (("add", str(fixtures / "relion" / "relion31_particles.star"), "--as", "m"), "already a array"),
+        (("add", str(fixtures / "relion" / "relion31_particles.star"), "--as", "m"), "already an array"),
         (("checkout", "nosuch"), "unknown revision"),
         (("revert", "nosuch"), "unknown revision"),
         (("branch", "bad..name"), "invalid ref name"),
@@ -164,3 +186,34 @@ def test_bad_input_one_line_errors_and_no_change(committed, cli, tmp_path, fixtu
     assert r.returncode == 1 and "not an mrepo repository" in r.stderr
     r = cli("-C", str(tmp_path / "nowhere"), "status")
     assert r.returncode == 1 and r.stderr.startswith("error:")
+
+
+def test_an_array_cannot_hold_a_staged_or_committed_array(repo, cli, tmp_path):
+    a = np.zeros((2, 8, 8), np.float32)
+    src = tmp_path / "a.mrc"
+    write_mrc(src, a, 1.0)
+    cli("add", str(src), "--as", "x", cwd=repo.path, check=True)  # staged, not committed
+    before = _state(repo)
+    r = cli("add", str(src), "--as", "x/y", cwd=repo.path)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == ["error: 'x' is an array and cannot hold other arrays (x/y)"]
+    assert _state(repo) == before
+    with pytest.raises(mrepo.InvalidInput, match="'x' is an array"):
+        write_array(repo.index, "x/y/z", a)
+    sha = repo.index.commit("x")
+    with pytest.raises(mrepo.InvalidInput, match="is an array"):
+        write_array(repo.index, "x/y", a)
+    np.testing.assert_array_equal(repo.open_array(sha, "x")[:], a)
+
+
+@pytest.mark.parametrize("key", ["data/../evil", "data/a/./b/c/0", "data/.git/zarr.json", "data/m/.GIT./c/0", "docs/.gitmodules", "docs/git~1"])
+def test_keys_git_would_reject_are_refused_by_the_store(repo, key):
+    """Every commit stays readable by stock git: `git fsck` rejects trees with
+    '.', '..' or '.git'-like entries, so neither the CLI, nor a transaction,
+    nor zarr writing through the Store may stage one."""
+    txn = repo.transaction()
+    with pytest.raises(mrepo.InvalidInput, match="names git reserves"):
+        txn.set(key, b"{}")
+    import zarr
+
+    with pytest.raises(mrepo.InvalidInput):
+        zarr.create_array(txn.store, name="x/.git", shape=(2,), dtype="f4")
