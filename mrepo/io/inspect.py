@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FormatError, MrepoError, NotFound
-from .mrc import MRC_SUFFIXES, read_mrc_header
+from .mrc import MRC_SUFFIXES, MrcHeader, read_mrc_header
 from .star import PARTICLE_FLAVOURS, StarFile, detect_flavour, parse_list, read_particles, read_star
 from .warp_xml import CONTAINER_ROOTS, SERIES_ROOTS, MRecords, read_m_container, read_warp_xml
 
@@ -224,6 +224,12 @@ def _tilt_facts(star: StarFile, flavour: str, ins: Inspection) -> None:
 # ---- MRC -----------------------------------------------------------------------------
 
 
+def _surplus(h: MrcHeader) -> str:
+    """A note when the file is longer than header + extended header + data (shorter ones are refused)."""
+    extra = h.file_size - 1024 - h.extended_header_bytes - h.data_bytes
+    return f" ({extra} bytes more than the header announces: trailing bytes or wrong dimensions)" if extra > 0 else ""
+
+
 def _inspect_mrc(p: Path) -> Inspection:
     h = read_mrc_header(p)
     nz, ny, nx = h.shape
@@ -261,7 +267,7 @@ def _inspect_mrc(p: Path) -> Inspection:
         f"statistics: min {h.dmin:g}, max {h.dmax:g}, mean {h.dmean:g}, rms {h.rms:g}",
         f"extended header: {h.extended_header_bytes} bytes" + (f" ({h.exttyp})" if h.exttyp else ""),
         f"MAP id: {'present' if h.has_map_id else 'missing (pre-2000 header)'}",
-        f"file size: {h.file_size} bytes",
+        f"file size: {h.file_size} bytes" + _surplus(h),
     ]
     ins.lines += [f"label: {label}" for label in h.labels] or ["labels: none"]
     return ins

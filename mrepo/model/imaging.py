@@ -34,6 +34,17 @@ class ImagingModel:
     even_zernike: tuple[float, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Plain floats, so that 300 and 300.0 (or numpy scalars) give the same
+        # canonical JSON and hence the same item digest (mrepo.model.provenance).
+        for name in ("pixel_size_angstrom", "voltage_kv", "cs_mm", "amplitude_contrast", "defocus_angstrom",
+                     "astigmatism_angstrom", "astigmatism_angle_deg", "phase_shift_deg", "bfactor_a2", "scale"):
+            setattr(self, name, float(getattr(self, name)))
+        self.beam_tilt_mrad = tuple(float(v) for v in self.beam_tilt_mrad)  # type: ignore[assignment]
+        self.mag_matrix = tuple(tuple(float(v) for v in r) for r in self.mag_matrix)  # type: ignore[assignment]
+        self.odd_zernike = tuple(float(v) for v in self.odd_zernike)
+        self.even_zernike = tuple(float(v) for v in self.even_zernike)
+
     @property
     def defocus_u_angstrom(self) -> float:
         return self.defocus_angstrom + self.astigmatism_angstrom

@@ -74,3 +74,6 @@ class Species:
         if int(self.box) < 2:
             raise InvalidInput("species box must be at least 2 voxels", self.name)
         self.box = int(self.box)
+        # plain floats: 100 and 100.0 must give the same species digest (mrepo.model.provenance)
+        self.diameter_angstrom = float(self.diameter_angstrom)
+        self.pixel_size_angstrom = float(self.pixel_size_angstrom)

@@ -11,7 +11,7 @@ import starfile
 from conftest import add_items, leftover_transactions
 
 from mrepo.errors import FormatError, InvalidInput, NotFound
-from mrepo.io.mrc import write_mrc
+from mrepo.io.mrc import read_mrc, write_mrc
 from mrepo.io.relion_export import export_relion
 from mrepo.io.relion_import import import_relion, item_stem, matrix_euler
 from mrepo.io.star import read_particles
@@ -73,6 +73,19 @@ def test_fixture_import_export_round_trip(repo, fixtures, tmp_path, case, relion
     assert b.pixel_size_angstrom == a.pixel_size_angstrom and b.box == a.box
     for role in ("half1", "half2", "mask"):
         np.testing.assert_array_equal(repo.open_array("HEAD", b.maps[role])[...], repo.open_array("HEAD", a.maps[role])[...])
+    if case == "relion31":
+        # RELION reads the exported maps with the species' voxel size
+        for role, path in ex.maps.items():
+            res = subprocess.run(["relion_image_handler", "--i", str(path), "--stats"], capture_output=True, text=True)
+            assert res.returncode == 0 and "16 x 16 x 16" in res.stdout, res.stdout + res.stderr
+            assert float(res.stdout.split("angpix =")[1].split()[0]) == pytest.approx(a.pixel_size_angstrom), res.stdout
+        # the RELION 3.1 layout (--relion-version 3.1) is read by RELION 3.1 and imports back to the same particles
+        ex31 = export_relion(repo, "HEAD", "a", tmp_path / "v31", flavour="relion3.1")
+        assert ex31.particles_star.read_text().count("# version 30001") == 2
+        res = subprocess.run(["relion_star_handler", "--i", str(ex31.particles_star), "--o", str(tmp_path / "h31.star")], capture_output=True, text=True)
+        assert res.returncode == 0 and (tmp_path / "h31.star").exists(), res.stdout + res.stderr
+        import_relion(repo, ex31.particles_star, h1, h2, species="d", diameter_angstrom=150)
+        assert repo.population().species["d"].particles == a.particles
     if case not in ("m-table", "relion5-tomo", "relion31"):
         return
     # with every temporal sample too
@@ -101,6 +114,19 @@ def test_spa_conversions_relion31(repo, fixtures, tmp_path):
     assert sp.extra["relion"]["optics"][0]["micrograph_pixel_size_angstrom"] == px
     cats = sp.extra["relion"]["categories"]["rlnImageOriginalName"]
     assert np.asarray(cats)[p.extra["rlnImageOriginalName"]].tolist() == raw["rlnImageOriginalName"].tolist()
+
+
+def test_exported_maps_keep_voxel_size_and_origin(repo, fixtures, tmp_path):
+    star, _ = _setup(repo, fixtures, "relion31")
+    vol = np.random.default_rng(3).normal(size=(16, 16, 16)).astype(np.float32)
+    for name in ("h1", "h2", "mask"):
+        write_mrc(tmp_path / f"{name}.mrc", vol, 1.75, origin=(-16.0, 8.0, 4.5))
+    import_relion(repo, star, tmp_path / "h1.mrc", tmp_path / "h2.mrc", mask=tmp_path / "mask.mrc", species="o", diameter_angstrom=100)
+    ex = export_relion(repo, "HEAD", "o", tmp_path / "out")
+    for role in ("half1", "half2", "mask"):
+        m = read_mrc(ex.maps[role])
+        assert m.header.voxel_size == (1.75, 1.75, 1.75) and m.header.origin == (-16.0, 8.0, 4.5)
+        np.testing.assert_array_equal(m.data, vol)
 
 
 def test_subtomogram_angles_are_composed_like_relion(repo, fixtures, tmp_path):

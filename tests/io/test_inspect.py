@@ -75,6 +75,15 @@ def test_mrc_headers() -> None:
     has(ins, "read as uint16", "voxel size (x, y, z): unknown", "MAP id: missing")
 
 
+def test_mrc_longer_than_its_header_says(tmp_path: Path) -> None:
+    """Every fixture's size is exactly header + data; a longer copy is described, with the surplus named."""
+    src = FIXTURES / "mrc" / "EMD-3197.map"
+    assert not any("more than the header" in line for line in inspect_file(src).lines)
+    path = tmp_path / "padded.map"
+    path.write_bytes(src.read_bytes() + b"\x00" * 100)
+    has(inspect_file(path), "file size: 33124 bytes (100 bytes more than the header announces")
+
+
 def test_big_endian_mrc(tmp_path: Path) -> None:
     raw = bytearray((FIXTURES / "mrc" / "EMD-3197.map").read_bytes())
     for word in range(56):

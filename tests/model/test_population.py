@@ -99,6 +99,60 @@ def test_digest_definition_is_stable():
     assert array_content_digest(a) == expect
 
 
+def test_provenance_digests_are_fixed_by_their_definition():
+    """Item and species digests from the definition in mrepo/model/provenance.py, written out by hand:
+    the canonical JSON below is typed, not produced by mrepo, and the hex values are BLAKE3 of those bytes.
+    Integer inputs (300 kV, 100 Å) and big-endian arrays give the same digests as floats and little-endian."""
+    import blake3
+
+    from mrepo.model import particles_digest, species_digest
+
+    def content(header: bytes, values: np.ndarray) -> str:  # array_content_digest by its definition
+        return blake3.blake3(header + b"\n" + values.tobytes()).hexdigest()
+
+    data, ref = "ab" * 32, "cd" * 32
+    grid = content(b'{"dtype":"<f4","shape":[2,1,1]}', np.array([0.5, -0.5], "<f4"))
+    item_json = (
+        '{"data":"' + data + '","model":{"dose":[1.0,1.0],"grids":{"GridMovementX":{"dims":[1,1,2],"margins":[0.0,0.0,0.0],'
+        '"unit":"angstrom","values":"' + grid + '"}},"imaging":{"amplitude_contrast":0.07,"astigmatism_angle_deg":0.0,'
+        '"astigmatism_angstrom":0.0,"beam_tilt_mrad":[0.0,0.0],"bfactor_a2":0.0,"cs_mm":2.7,"defocus_angstrom":15000.0,'
+        '"even_zernike":[],"mag_matrix":[[1.0,0.0],[0.0,1.0]],"odd_zernike":[],"phase_shift_deg":0.0,"pixel_size_angstrom":1.5,'
+        '"scale":1.0,"voltage_kv":300.0},"kind":"frames","pre_exposure":[0.0,1.0],"shape":[2,4,4],"tilt_angles_deg":null,'
+        '"tilt_axis_deg":null,"tilt_axis_offset_angstrom":null,"use":[true,true]},"refined_with":[["apo","' + ref + '"]]}'
+    )
+    item_expect = "c72fcfa5e25208415081615100b77ac1d98963baf4c3229cbcfa6d74e234edf7"
+    assert blake3.blake3(item_json.encode()).hexdigest() == item_expect
+    item = Item("movie_001", "frames", data, (2, 4, 4), ImagingModel(1.5, voltage_kv=300), [0, 1], [1.0, 1.0],
+                grids={"GridMovementX": CubicGrid((1, 1, 2), np.array([0.5, -0.5]))}, refined_with={"apo": ref})
+    assert item_digest(item) == item_expect
+
+    cols = {
+        "angles": content(b'{"dtype":"<f4","shape":[2,1,3]}', np.array([0, 90, 180, -90, 45, 10], "<f4")),
+        "coordinates": content(b'{"dtype":"<f4","shape":[2,1,3]}', np.array([10, 20, 0, 30, 40, 5], "<f4")),
+        "half_set": content(b'{"dtype":"|i1","shape":[2]}', np.array([1, 2], "i1")),
+        "item": content(b'{"dtype":"<i4","shape":[2]}', np.array([0, 0], "<i4")),
+        "score": content(b'{"dtype":"<f4","shape":[2]}', np.array([0.25, 0.75], "<f4")),
+    }
+    parts_json = '{"columns":{' + ",".join(f'"{k}":"{v}"' for k, v in cols.items()) + '},"items":["' + data + '"]}'
+    parts_expect = "836e800fdfcaf4aab2585c38a6606727b731492375638b09b96ea3e155f2af2f"
+    assert blake3.blake3(parts_json.encode()).hexdigest() == parts_expect
+    parts = Particles([data], np.array([0, 0], ">i4"), np.array([[[10, 20, 0]], [[30, 40, 5]]], ">f4"),
+                      np.array([[[0, 90, 180]], [[-90, 45, 10]]], "<f8").astype(np.float32), np.array([1, 2], np.int8),
+                      {"score": np.array([0.25, 0.75], np.float32)})
+    assert particles_digest(parts) == parts_expect
+    species_json = (
+        '{"contributors":["' + item_expect + '"],"denoiser":{"description":{"arch":"unet"},"weights":{"conv1":"' + "33" * 32 + '"}},'
+        '"maps":{"half1":"' + "11" * 32 + '","half2":"' + "22" * 32 + '"},"model":{"box":8,"diameter_angstrom":100.0,'
+        '"pixel_size_angstrom":1.5,"symmetry":"C1"},"particles":"' + parts_expect + '"}'
+    )
+    species_expect = "7f4ae44d5fa3da490eab41edb1d821c3d9f6802ef84efed242b3aec415a2f9e5"
+    assert blake3.blake3(species_json.encode()).hexdigest() == species_expect
+    stored = {"species/apo/maps/half1": "11" * 32, "species/apo/maps/half2": "22" * 32, "species/apo/denoiser/conv1": "33" * 32}
+    sp = Species("apo", 100, 1.5, 8, parts, maps={"half1": "species/apo/maps/half1", "half2": "species/apo/maps/half2"},
+                 contributors={data: item_expect}, denoiser={"arch": "unet", "weights": {"conv1": "species/apo/denoiser/conv1"}})
+    assert species_digest(sp, stored.__getitem__) == species_expect
+
+
 def test_invalid_models_are_rejected():
     with pytest.raises(mrepo.InvalidInput):
         Species("x", -1, 1.0, 32, Particles.empty())
