@@ -20,7 +20,8 @@ For each, measured in this run:
   local remote (DVC from ``--dvc``, default /tmp/dvcenv/bin/dvc, when it runs).
 
 Usage: python benchmarks/bench_transfer.py [--size-gib 2] [--small-chunks 200000]
-       [--small-bytes 2048] [--dvc PATH] [--workdir DIR] [--skip-s3] [--skip-git] [--skip-dvc]
+       [--small-bytes 2048] [--dvc PATH] [--workdir DIR] [--only big|small]
+       [--skip-s3] [--skip-git] [--skip-dvc]
 """
 
 from __future__ import annotations
@@ -293,9 +294,10 @@ def main() -> None:
                 res = push(seed, label)
                 dt = time.perf_counter() - t0
                 hist = res.history[1] if res.history else 0
-                sent = res.chunks.bytes + hist
+                sent = res.chunks.wire + hist  # chunk objects as written (pack headers, indexes) + git objects
                 print(f"  mrepo push after refinement -> {label:<5} sent {sent / MB:8.2f} MB = {sent / changed:.3f}x changed "
-                      f"(chunks {res.chunks.bytes / MB:.2f} MB, history {hist / MB:.3f} MB) in {dt:.2f} s")
+                      f"(chunks {res.chunks.bytes / MB:.2f} MB, pack overhead {(res.chunks.wire - res.chunks.bytes) / MB:.3f} MB, "
+                      f"history {hist / MB:.3f} MB) in {dt:.2f} s")
             if g:
                 t, added = git_refine_push(g, plain)
                 print(f"  git push after refinement   -> path  added {added / MB:8.2f} MB = {added / changed:.3f}x changed in {t:.2f} s")

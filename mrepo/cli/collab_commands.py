@@ -114,8 +114,18 @@ def fetch(ctx: click.Context, remote_name: str, species: tuple[str, ...], source
     """Fetch REMOTE's branches (and, unless lazy, their chunks); prefetch part of a population."""
     from ..collab import fetch as do_fetch
     from ..collab import prefetch
+    from ..collab.transfer import prefetch_plan
+    from ..errors import NotFound
 
     repo = _repo(ctx)
+    if species or source or everything:
+        # bad names or revision: one error, before anything moves (unless REV
+        # is a ref of this remote, which the fetch itself may bring)
+        try:
+            prefetch_plan(repo, rev=rev, species=species, sources=source, everything=everything)
+        except NotFound:
+            if not rev.startswith((f"{remote_name}/", f"refs/remotes/{remote_name}/")):
+                raise
     bar = _bar("receiving")
     try:
         res = do_fetch(repo, remote_name, progress=bar.update)

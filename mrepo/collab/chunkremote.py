@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,24 +57,31 @@ class RemoteError(MrepoError):
 
 @dataclass
 class TransferStats:
-    """What a transfer moved: chunks and their bytes, packs, requests."""
+    """What a transfer moved: chunks and their bytes, packs, requests.
+
+    ``bytes`` counts the chunks' own bytes; ``wire`` every byte of the
+    objects written or read (pack headers and indexes, the gaps inside a
+    coalesced ranged read), without the protocol's own framing."""
 
     chunks: int = 0
     bytes: int = 0
     packs: int = 0
     requests: int = 0
     skipped: int = 0  # chunks the other side already had
+    wire: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, chunks: int = 0, nbytes: int = 0, packs: int = 0, requests: int = 0) -> None:
+    def add(self, chunks: int = 0, nbytes: int = 0, packs: int = 0, requests: int = 0, wire: int | None = None) -> None:
         with self._lock:
             self.chunks += chunks
             self.bytes += nbytes
             self.packs += packs
             self.requests += requests
+            self.wire += nbytes if wire is None else wire
 
     def as_dict(self) -> dict[str, int]:
-        return {"chunks": self.chunks, "bytes": self.bytes, "packs": self.packs, "requests": self.requests, "skipped": self.skipped}
+        return {"chunks": self.chunks, "bytes": self.bytes, "packs": self.packs, "requests": self.requests,
+                "skipped": self.skipped, "wire": self.wire}
 
 
 def _threads() -> int:
@@ -182,6 +190,7 @@ class _S3Backend(_Backend):
         except ImportError:  # pragma: no cover - obstore is a dependency
             raise InvalidInput("S3 chunk remotes need the 'obstore' package", cu.url) from None
         self.url = cu.url
+        self.bucket = cu.bucket
         opts = dict(cu.options)
         endpoint = opts.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         kw: dict = {}
@@ -211,8 +220,22 @@ class _S3Backend(_Backend):
         )
 
     def _err(self, e: Exception, name: str) -> MrepoError:
+        text = str(e)
+        code = re.search(r"<Code>([^<]{1,64})</Code>", text)
+        code = code.group(1) if code else None
+        if code == "NoSuchBucket":
+            return NotFound("no such bucket in the object store (create it first)", f"s3://{self.bucket}")
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+            return RemoteError(
+                f"the object store refused access ({code}); check the credentials in the environment "
+                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or ~/.aws",
+                f"{self.url}/{name}",
+            )
         if isinstance(e, FileNotFoundError):
             return NotFound("missing object in the chunk remote", f"{self.url}/{name}")
+        if code:
+            msg = re.search(r"<Message>([^<]{1,200})</Message>", text)
+            return RemoteError(f"object store error: {code}" + (f": {msg.group(1)}" if msg else ""), f"{self.url}/{name}")
         return RemoteError(f"object store error: {_one_line(e)}", f"{self.url}/{name}")
 
     def list(self, prefix: str) -> list[tuple[str, int]]:
@@ -382,12 +405,13 @@ class PackStore(ChunkRemote):
             data = [(d, local.get(d)) for d in group]
             pack_id, pack, idx = build_pack(data)
             pname, iname = pack_names(pack_id)
+            idx_bytes = idx.to_bytes()
             self.backend.put(pname, pack)
-            self.backend.put(iname, idx.to_bytes())  # the index commits the pack
+            self.backend.put(iname, idx_bytes)  # the index commits the pack
             with self._lock:
                 self._add_index(idx)
             nbytes = sum(len(b) for _, b in data)
-            stats.add(chunks=len(data), nbytes=nbytes, packs=1, requests=2)
+            stats.add(chunks=len(data), nbytes=nbytes, packs=1, requests=2, wire=len(pack) + len(idx_bytes))
             if progress:
                 progress(nbytes)
 
@@ -450,7 +474,7 @@ class PackStore(ChunkRemote):
                     _verify(d, data, where)
                     sink(d, data)
                     nbytes += size
-            stats.add(chunks=sum(len(r[2]) for r in runs), nbytes=nbytes, requests=1)
+            stats.add(chunks=sum(len(r[2]) for r in runs), nbytes=nbytes, requests=1, wire=sum(len(b) for b in bufs))
             if progress:
                 progress(nbytes)
 

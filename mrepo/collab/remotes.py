@@ -49,6 +49,7 @@ __all__ = [
     "set_config",
     "get_config",
     "unset_config",
+    "redact_url",
 ]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -82,6 +83,27 @@ class ChunkURL:
         return self.url
 
 
+_USERINFO_RE = re.compile(r"^([a-z][a-z0-9+.-]*://)([^/@?#]*)@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` part (and that of an
+    ``endpoint=`` option) replaced by ``***@``, for messages."""
+    out = _USERINFO_RE.sub(r"\1***@", url)
+    return re.sub(r"(endpoint=[a-z][a-z0-9+.-]*://)[^/@?#&]*@", r"\1***@", out)
+
+
+def _no_credentials(url: str, what: str) -> None:
+    """Refuse a URL that carries credentials: mrepo never stores them
+    (they would land in the config, and in every message naming the URL)."""
+    if redact_url(url) != url:
+        raise InvalidInput(
+            f"{what} must not contain credentials (user:password@); S3 credentials come from the "
+            "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or ~/.aws, a git server's from its own setup",
+            redact_url(url),
+        )
+
+
 def _local_path(url: str) -> Path:
     if url.startswith("file://"):
         p = urlparse(url).path
@@ -93,6 +115,7 @@ def parse_repo_url(url: str) -> RepoURL:
     """Parse a repository URL: a path, ``file://`` or ``git://``."""
     if not isinstance(url, str) or not url.strip():
         raise InvalidInput("empty repository URL")
+    _no_credentials(url, "a repository URL")
     if url.startswith("git://"):
         u = urlparse(url)
         if not u.hostname or not u.path or u.path == "/":
@@ -109,6 +132,7 @@ def parse_chunk_url(url: str) -> ChunkURL:
     """Parse a chunk URL: ``s3://bucket/prefix[?endpoint=...&region=...]``, a path or ``file://``."""
     if not isinstance(url, str) or not url.strip():
         raise InvalidInput("empty chunk URL")
+    _no_credentials(url, "a chunk URL")
     if url.startswith("s3://"):
         u = urlparse(url)
         if not u.netloc:
@@ -221,7 +245,9 @@ def add_remote(repo, name: str, url: str, *, chunks: str | None = None) -> Remot
 
 
 def remove_remote(repo, name: str) -> None:
-    get_remote(repo, name)
+    check_remote_name(name)  # the URLs are not parsed: a remote with a bad one can still be removed
+    if (b"remote", name.encode()) not in _read(repo):
+        raise NotFound("no such remote", name)
     unset_config(repo, ("remote", name))
     for ref in list(repo.refs.list(f"refs/remotes/{name}/")):
         repo.refs.delete(ref)

@@ -39,6 +39,7 @@ __all__ = [
     "fetch",
     "push",
     "prefetch",
+    "prefetch_plan",
     "is_lazy",
     "read_chunks_from",
     "open_remote",
@@ -386,18 +387,16 @@ def push(
 # ---------------------------------------------------------------------------
 # lazy repositories
 # ---------------------------------------------------------------------------
-def prefetch(
+def prefetch_plan(
     repo,
     *,
     rev: str = "HEAD",
     species: Iterable[str] = (),
     sources: Iterable[str] = (),
     everything: bool = False,
-    remote: str | None = None,
-    progress: Progress = None,
-) -> TransferStats:
-    """Fetch, in packs, the chunks of some species/sources (or all) at ``rev``
-    that this repository lacks."""
+) -> dict[str, int]:
+    """digest -> size of the chunks :func:`prefetch` would bring (before
+    skipping those already here); checks the names and ``rev``, moves nothing."""
     from ..store.layout import validate_name
 
     prefixes = []
@@ -410,12 +409,27 @@ def prefetch(
     if not prefixes and not everything:
         raise InvalidInput("name --species, --source or --all to prefetch")
     sha = repo.resolve(rev)
-    need = chunks_of_commits(repo, [sha], () if everything else tuple(prefixes))
     if not everything:
         snap = repo.snapshot_of(sha)
         for p in prefixes:
             if snap.tree_id(p.rstrip("/")) is None:
                 raise NotFound("nothing of that name in this revision", f"{rev}:{p[len(DATA) + 1 :].rstrip('/')}")
+    return chunks_of_commits(repo, [sha], () if everything else tuple(prefixes))
+
+
+def prefetch(
+    repo,
+    *,
+    rev: str = "HEAD",
+    species: Iterable[str] = (),
+    sources: Iterable[str] = (),
+    everything: bool = False,
+    remote: str | None = None,
+    progress: Progress = None,
+) -> TransferStats:
+    """Fetch, in packs, the chunks of some species/sources (or all) at ``rev``
+    that this repository lacks."""
+    need = prefetch_plan(repo, rev=rev, species=species, sources=sources, everything=everything)
     name = remote or get_config(repo, ("mrepo", "lazy"), "remote") or "origin"
     _, _, cr = open_remote(repo, name)
     todo = _missing_locally(repo, need)

@@ -143,6 +143,8 @@ def test_push_sends_only_changed_chunks_in_packs(central, tmp_path, request):
     res = push(a, "origin")
     assert res.chunks.bytes == sum(changed.values())
     assert res.chunks.packs == 1 and res.chunks.requests == 2
+    # on the wire: the chunks, the pack header (8 B) and the index (88 B + 48 B per chunk)
+    assert res.chunks.wire == res.chunks.bytes + 8 + 88 + 48 * res.chunks.chunks
     assert push(a, "origin").up_to_date
 
 
@@ -320,3 +322,56 @@ def test_cli_clone_remote_push_pull(central, tmp_path, cli):
     assert "y\t" in cli("remote", "list", cwd=tmp_path / "a", check=True).stdout
     r = cli("clone", str(tmp_path / "nowhere"), str(tmp_path / "z"))
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and not (tmp_path / "z").exists()
+
+
+def test_credentials_are_never_stored_nor_printed(central, tmp_path, cli):
+    from mrepo.collab.remotes import parse_chunk_url, parse_repo_url
+
+    secret = "wJalrXUtnFEMI-K7MDENG"
+    for bad in (f"s3://AKIAEXAMPLE:{secret}@bucket/pop", f"s3://bucket/pop?endpoint=http://AKIAEXAMPLE:{secret}@127.0.0.1:9"):
+        with pytest.raises(mrepo.InvalidInput, match="credentials") as ei:
+            parse_chunk_url(bad)
+        assert secret not in str(ei.value)
+    with pytest.raises(mrepo.InvalidInput, match="credentials") as ei:
+        parse_repo_url(f"git://user:{secret}@127.0.0.1:1/x")
+    assert secret not in str(ei.value)
+    assert parse_chunk_url("file:///data/user@lab/packs").path.name == "packs"  # '@' in a path is fine
+    a = clone(str(central.path), tmp_path / "a")
+    config = (a.gitdir / "config").read_bytes()
+    for args in (("remote", "add", "x", str(central.path), "--chunks", f"s3://AKIAEXAMPLE:{secret}@bucket/pop"),
+                 ("remote", "add", "y", f"git://user:{secret}@127.0.0.1:1/x", "--chunks", str(tmp_path / "packs")),
+                 ("clone", f"git://user:{secret}@127.0.0.1:1/x", str(tmp_path / "z"), "--chunks", str(tmp_path / "packs"))):
+        r = cli(*args, cwd=a.path)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
+        assert secret not in r.stdout + r.stderr and "***@" in r.stderr
+    assert (a.gitdir / "config").read_bytes() == config and not (tmp_path / "z").exists()
+    # a remote written with credentials by hand is refused when used, and can be removed
+    with open(a.gitdir / "config", "a") as f:
+        f.write(f'[remote "old"]\n\turl = {central.path}\n\tmrepochunks = s3://AKIAEXAMPLE:{secret}@bucket/pop\n')
+    r = cli("fetch", "old", cwd=a.path)
+    assert r.returncode == 1 and "credentials" in r.stderr and secret not in r.stderr
+    cli("remote", "remove", "old", cwd=a.path, check=True)
+    assert secret.encode() not in (a.gitdir / "config").read_bytes()
+
+
+def test_missing_bucket_is_one_clear_error(central, tmp_path, s3):
+    seed = clone(str(central.path), tmp_path / "seed")
+    hub = mrepo.init_repo(tmp_path / "hub")
+    mrepo.collab.add_remote(seed, "hub", str(hub.path), chunks="s3://no-such-bucket/pop")
+    with pytest.raises(NotFound, match="no such bucket") as ei:
+        push(seed, "hub", force=True)
+    assert ei.value.obj == "s3://no-such-bucket"
+    assert hub.refs.read("refs/heads/main") != seed.head().commit
+
+
+def test_cli_prefetch_of_unknown_names_moves_nothing(central, tmp_path, cli):
+    cli("clone", "--lazy", str(central.path), str(tmp_path / "b"), check=True)
+    b = mrepo.open_repo(tmp_path / "b")
+    refine_species(central, "A")  # the remote moves on: a fetch would move origin/main
+    before = _state(b)
+    for args in (("--species", "nope"), ("--source", "nope"), ("--rev", "nosuch", "--species", "A"), ("--species", "../x")):
+        r = cli("fetch", *args, cwd=b.path)
+        assert r.returncode == 1 and r.stdout == "" and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), (args, r)
+    assert _state(b) == before
+    r = cli("fetch", "--species", "A", cwd=b.path, check=True)
+    assert "prefetched" in r.stdout and b.refs.read("refs/remotes/origin/main") == central.head().commit
