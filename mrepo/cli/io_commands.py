@@ -105,7 +105,10 @@ def import_relion_cmd(ctx: click.Context, particles: str, half1: str, half2: str
     repo = _repo(ctx)
     bar = _Progress("importing species")
     try:
+        from ..refine.denoise import attach_initial_denoiser
+
         rep = import_relion(repo, particles, half1, half2, species=species, diameter_angstrom=diameter, mask=mask, symmetry=symmetry,
+                            prepare_species=attach_initial_denoiser,
                             allow_unmatched=allow_unmatched, source=source, coordinate_pixel_size=coordinate_pixel_size,
                             tomograms=tomograms, message=message, progress=bar)
     finally:
@@ -131,7 +134,10 @@ def import_m_cmd(ctx: click.Context, population_file: str, data_dir: str | None,
     repo = _repo(ctx)
     bar = _Progress("importing population")
     try:
-        rep = import_m(repo, population_file, data_dir=data_dir, allow_unmatched=allow_unmatched, message=message, progress=bar)
+        from ..refine.denoise import attach_initial_denoiser
+
+        rep = import_m(repo, population_file, data_dir=data_dir, allow_unmatched=allow_unmatched, message=message, progress=bar,
+                       prepare_species=attach_initial_denoiser)
     finally:
         bar.close()
     for s, n in rep.sources.items():

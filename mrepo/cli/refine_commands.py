@@ -23,17 +23,21 @@ def _grid(text: str) -> tuple[int, int, int]:
 @click.option("--params", default="motion,poses", show_default=True, help="Parameter groups: motion, poses.")
 @click.option("--grid", default="4x4x10", show_default=True, help="Finest level of the motion pyramid, X x Y x time.")
 @click.option("--levels", default=3, show_default=True, type=int, help="Levels of the motion pyramid.")
-@click.option("--temporal-samples", default=3, show_default=True, type=click.IntRange(1, 3), help="Control points of each particle's trajectory.")
+@click.option("--temporal-samples", default=1, show_default=True, type=click.IntRange(1, 3), help="Control points of each particle's trajectory (more need more signal per particle).")
 @click.option("--resolution", type=float, default=None, help="Never use frequencies beyond this resolution (Å).")
 @click.option("--lbfgs-iterations", default=20, show_default=True, type=int, help="L-BFGS iterations per resolution stage.")
+@click.option("--denoise/--no-denoise", default=True, show_default=True,
+              help="Use each species' noise2noise-denoised half-maps as the references (M); --no-denoise: FSC-weighted half-maps.")
+@click.option("--denoise-iterations", default=25, show_default=True, type=int,
+              help="Denoiser training steps after each reconstruction (resumes from the stored weights).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-m", "--message", default=None, help="Commit message (default: a summary).")
 @click.option("--fsc-png", type=click.Path(dir_okay=False), default=None, help="Write the FSC curves before/after as a PNG.")
 @click.pass_context
 def refine(ctx: click.Context, iterations: int, species: str | None, params: str, grid: str, levels: int,
-           temporal_samples: int, resolution: float | None, lbfgs_iterations: int, device: str, seed: int,
-           message: str | None, fsc_png: str | None) -> None:
+           temporal_samples: int, resolution: float | None, lbfgs_iterations: int, denoise: bool,
+           denoise_iterations: int, device: str, seed: int, message: str | None, fsc_png: str | None) -> None:
     """Refine the population at HEAD as M does (motion and poses of all
     particles of all species in each series jointly) and commit the result."""
     from tqdm import tqdm
@@ -51,6 +55,8 @@ def refine(ctx: click.Context, iterations: int, species: str | None, params: str
         resolution_angstrom=resolution,
         device=device,
         lbfgs_iterations=lbfgs_iterations,
+        denoise=denoise,
+        denoise_iterations=denoise_iterations,
         seed=seed,
         message=message,
     )

@@ -105,6 +105,7 @@ def import_m(
     allow_unmatched: bool = False,
     message: str | None = None,
     progress: Callable[[str], None] | None = None,
+    prepare_species: Callable[[Any, Any], None] | None = None,
 ) -> MImportReport:
     """Import an M population (sources, items, species, particle trajectories) in one commit.
 
@@ -251,6 +252,8 @@ def import_m(
                              "used_data_sources": _records(spc, "UsedDataSources", str(spath))},
                        **({"relion": rel} if rel else {})},
             )
+            if prepare_species is not None:
+                prepare_species(txn, sp)
             store_species(txn, pop, sp, maps)
             report.species[name] = len(parts)
             report.notes += [f"species {name}: {n}" for n in notes]

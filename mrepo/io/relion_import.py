@@ -536,6 +536,7 @@ def import_relion(
     tomograms: str | os.PathLike[str] | None = None,
     message: str | None = None,
     progress: Callable[[str], None] | None = None,
+    prepare_species: Callable[[Any, Species], None] | None = None,
 ) -> RelionImportReport:
     """Import a RELION refinement as species ``species`` in one commit (see the module docstring).
 
@@ -601,6 +602,8 @@ def import_relion(
         )
         if progress:
             progress("storing")
+        if prepare_species is not None:  # e.g. give it an initial denoiser (mrepo.refine.denoise)
+            prepare_species(txn, sp)
         store_species(txn, pop, sp, maps)
         msg = message or f"Import RELION species {name}: {pi.matched} particles from {os.path.basename(obj)}"
         meta = {

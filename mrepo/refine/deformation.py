@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["spline_basis", "eval_grid", "MotionPyramid", "pyramid_shapes", "normalised_time"]
+__all__ = ["spline_basis", "eval_grid", "MotionPyramid", "pyramid_shapes", "normalised_time", "grid_for_particles"]
 
 
 @lru_cache(maxsize=64)
@@ -93,6 +93,23 @@ def pyramid_shapes(levels: int, final: tuple[int, int, int], n_frames: int) -> l
     return out
 
 
+def grid_for_particles(final: tuple[int, int, int], n_particles: int, *, per_node: float = 2.5) -> tuple[int, int, int]:
+    """The finest pyramid level ``final`` (X, Y, Z), made coarser in space until each
+    spatial node is supported by at least ``per_node`` particles on average.
+
+    A grid with about one particle per node would give every particle its own
+    motion, and with it the freedom to follow the noise of its own reference:
+    the deformation must be shared to be determined.
+    """
+    x, y, z = (int(v) for v in final)
+    while x * y > 1 and x * y * per_node > n_particles:
+        if x >= y:
+            x -= 1
+        else:
+            y -= 1
+    return max(1, x), max(1, y), z
+
+
 @dataclass
 class MotionPyramid:
     """A sum of (x, y) shift grids in Å: the beam-induced motion of a series.
@@ -114,6 +131,9 @@ class MotionPyramid:
 
     def shifts(self, x, y, t) -> torch.Tensor:
         """(M, 2) shifts (dx, dy) in Å at normalised positions and times."""
+        x = torch.as_tensor(x)
+        if not self.grids:
+            return torch.zeros(x.shape + (2,), dtype=torch.float32, device=x.device)
         dx = sum(eval_grid(gx, x, y, t) for gx, _ in self.grids)
         dy = sum(eval_grid(gy, x, y, t) for _, gy in self.grids)
         return torch.stack([dx, dy], dim=-1)

@@ -185,8 +185,14 @@ def project_rotations(
     out_box: int | None = None,
     crop_box: int | None = None,
     r_max_px: float | None = None,
+    flat_output: bool = False,
 ) -> torch.Tensor:
-    """Central slices for given rotation matrices; see :func:`project` (angles -> matrices)."""
+    """Central slices for given rotation matrices; see :func:`project` (angles -> matrices).
+
+    With ``flat_output=True`` the result is ``(..., M)``: the values at the ``M`` pixels
+    of :func:`disk_pixels` ``(n, r_max_px, crop_box=c)``, in that order (no
+    zero-filled array; the refinement target works on these directly).
+    """
     real_dtype = fvol.real_dtype
     dev = fvol.device
     rot = _as_float_tensor(rotations, dev, real_dtype)
@@ -235,6 +241,8 @@ def project_rotations(
             vals = vals * torch.polar(torch.ones_like(phase), phase)
         pieces.append(vals)
     vals = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+    if flat_output:
+        return vals.reshape(batch_shape + (vals.shape[-1],))
     out = torch.zeros((b, c * (c // 2 + 1)), device=dev, dtype=vals.dtype)
     out = out.index_copy(1, flat, vals)
     return out.reshape(batch_shape + (c, c // 2 + 1))

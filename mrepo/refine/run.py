@@ -34,7 +34,7 @@ from ..errors import DegenerateResult, InvalidInput, NotFound
 from ..model import CubicGrid, Particles, Population, write_item, write_population
 from ..store.arrays import open_view_array, write_array
 from .backprojection import Reconstructor
-from .deformation import pyramid_shapes
+from .deformation import grid_for_particles, pyramid_shapes
 from .device import pick_device
 from .fourier import rfftn3_centered, irfftn3_centered, soft_sphere_mask
 from .fsc import FscCurve, fsc, resolution_at
@@ -66,13 +66,19 @@ class RefineOptions:
     params: tuple[str, ...] = ("motion", "poses")
     grid: tuple[int, int, int] = (4, 4, 10)
     levels: int = 3
-    temporal_samples: int = 3
+    temporal_samples: int = 1
     resolution_angstrom: float | None = None
     device: str = "auto"
     lbfgs_iterations: int = 20
+    ramp: tuple[float, ...] = (0.4, 1.0)
     seed: int = 0
     message: str | None = None
     collapse_factor: float = 1.5  # a resolution this many times worse than before is degenerate
+    particles_per_node: float = 2.5  # the finest motion grid is coarsened until its nodes hold this many particles
+    denoise: bool = True  # references are the species' noise2noise-denoised half-maps (M); else FSC-weighted
+    denoise_iterations: int = 25  # denoiser training steps after each reconstruction (resuming from the stored weights)
+    denoise_crop: int = 32  # edge of the training crops (voxels): small crops keep the steps inside refinement cheap
+    min_particles_per_half: int = 25  # fewer: the species' poses are kept (its reference would mostly be each particle itself)
 
     def check(self) -> None:
         if self.iterations < 0:
@@ -84,6 +90,8 @@ class RefineOptions:
             raise InvalidInput("--temporal-samples must be 1, 2 or 3", str(self.temporal_samples))
         if len(self.grid) != 3 or min(self.grid) < 1:
             raise InvalidInput("--grid wants three positive integers like 4x4x10", str(self.grid))
+        if self.denoise_iterations < 0:
+            raise InvalidInput("--denoise-iterations must be >= 0", str(self.denoise_iterations))
         if self.resolution_angstrom is not None and not self.resolution_angstrom > 0:
             raise InvalidInput("--resolution must be positive (Å)", str(self.resolution_angstrom))
 
@@ -110,6 +118,7 @@ class RefineOutcome:
     scores: list[tuple[str, float, float]] = field(default_factory=list)
     population: Population | None = None
     models: dict[str, SeriesModel] = field(default_factory=dict)
+    maps: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # species -> refined half-maps
 
 
 def masked_fsc(h1: np.ndarray, h2: np.ndarray, pixel_size: float, diameter_angstrom: float) -> FscCurve:
@@ -142,7 +151,11 @@ def fsc_weighted(volume: np.ndarray, curve: FscCurve) -> np.ndarray:
 
 
 def _references(halves: dict[str, tuple[np.ndarray, np.ndarray]], pop: Population, curves: dict[str, FscCurve],
-                options: RefineOptions, device: torch.device) -> dict[str, SpeciesReference]:
+                options: RefineOptions, device: torch.device,
+                denoised: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, SpeciesReference]:
+    """Each species' references: its denoised half-maps when given (already
+    filtered to their local resolution), else its half-maps weighted by the FSC;
+    used up to the FSC 0.143 resolution of the raw halves (and ``--resolution``)."""
     refs = {}
     for name, (h1, h2) in halves.items():
         sp = pop.species[name]
@@ -151,16 +164,36 @@ def _references(halves: dict[str, tuple[np.ndarray, np.ndarray]], pop: Populatio
         r_max = min(sp.box / 2 - 1, sp.box * pix / res)
         if options.resolution_angstrom:
             r_max = min(r_max, sp.box * pix / options.resolution_angstrom)
+        if denoised and name in denoised:
+            m1, m2 = denoised[name]
+        else:
+            m1, m2 = fsc_weighted(h1, curves[name]), fsc_weighted(h2, curves[name])
         refs[name] = SpeciesReference(
             name,
-            (prepare_volume(fsc_weighted(h1, curves[name]), pix, device=device),
-             prepare_volume(fsc_weighted(h2, curves[name]), pix, device=device)),
+            (prepare_volume(m1, pix, device=device), prepare_volume(m2, pix, device=device)),
             sp.box,
             pix,
             sp.symmetry,
             float(max(2.0, r_max)),
         )
     return refs
+
+
+def _denoise(txn: Any, pop: Population, halves: dict[str, tuple[np.ndarray, np.ndarray]], options: RefineOptions,
+             device: torch.device, *, final: bool, say: Callable[[str], None]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Train each species' denoiser on its new half-maps (resuming from the weights
+    staged in ``txn``, i.e. the parent commit's or the last iteration's) and denoise
+    them; the weights and denoised maps are staged (the local resolution only when
+    ``final``). Returns the denoised halves: the next references."""
+    from .denoise import update_species_denoiser
+
+    out = {}
+    for n, (h1, h2) in halves.items():
+        say(f"denoising {n} ({options.denoise_iterations} training steps)")
+        res = update_species_denoiser(txn, pop.species[n], half1=h1, half2=h2, iterations=options.denoise_iterations,
+                                      crop=options.denoise_crop, device=device, local_resolution=final)
+        out[n] = (res.half1, res.half2)
+    return out
 
 
 def reconstruct_species(
@@ -201,6 +234,103 @@ def wiener_halves(rec: Reconstructor, diameter_angstrom: float, *, wiener_relati
     return tuple(reconstruct(h, wiener_relative=wiener_relative).cpu().numpy().astype(np.float32) for h in rec.halves)  # type: ignore[return-value]
 
 
+def collect_series(
+    snap: Any,
+    pop: Population,
+    names: list[str],
+    parts: dict[str, Particles],
+    *,
+    device: torch.device,
+    resolution_angstrom: float | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> tuple[dict[str, SeriesData], dict[str, tuple[str, Any]]]:
+    """Extract every frame series holding particles of ``names``.
+
+    Returns series key (``source/item``) -> extracted data, and key -> (source, item).
+    """
+    series: dict[str, SeriesData] = {}
+    items_of: dict[str, tuple[str, Any]] = {}
+    for src, item in pop.items():
+        if item.kind != "frames":
+            continue
+        sel = {}
+        for n in names:
+            rows = parts[n].in_item(item.data_digest)
+            if rows.size:
+                sel[n] = (rows, parts[n].select(np.isin(np.arange(len(parts[n])), rows)))
+        if not sel:
+            continue
+        if item.raw_array is None:
+            raise InvalidInput("item has particles but no raw frames in the repository", f"{src.name}/{item.name}")
+        key = f"{src.name}/{item.name}"
+        say(f"extracting {key}")
+        frames = open_view_array(snap, item.raw_array)
+        series[key] = extract_series(item, frames, sel, {n: pop.species[n].box for n in sel}, device=device,
+                                     resolution_angstrom=resolution_angstrom)
+        items_of[key] = (src.name, item)
+    return series, items_of
+
+
+def reconstruct_population(repo: Any, pop: Population, *, rev: str = "HEAD", species: list[str] | None = None,
+                           device: str = "auto") -> dict[str, tuple[np.ndarray, np.ndarray, FscCurve, int]]:
+    """Half-maps of ``pop``'s species from the raw frames stored at ``rev``, with the
+    population's own parameters (e.g. the true ones of a simulation: the "oracle")."""
+    dev = pick_device(device)
+    names = species or sorted(pop.species)
+    parts = {n: pop.species[n].particles.load() for n in names}
+    series, items_of = collect_series(repo.snapshot(rev), pop, names, parts, device=dev)
+    if not series:
+        raise DegenerateResult("no particle of the chosen species matched any frame series")
+    models = {key: initial_model(data, [], 1, device=dev) for key, data in series.items()}
+    return reconstruct_species(pop, series, models, names, device=dev)
+
+
+def apply_models(
+    pop: Population,
+    parts: dict[str, Particles],
+    series: dict[str, SeriesData],
+    models: dict[str, SeriesModel],
+    items_of: dict[str, tuple[str, Any]],
+    names: list[str],
+    temporal_samples: int,
+) -> None:
+    """Fold refined series models into the population (in place): particle
+    trajectories (T = ``temporal_samples``) and the items' pyramid grids."""
+    for n in names:
+        sp = pop.species[n]
+        p = parts[n]
+        # the refined trajectory is exact with max(T₀, T) control points (a
+        # natural cubic spline reproduces constants and straight lines)
+        t_out = max(int(np.asarray(p.coordinates).shape[1]), int(np.asarray(p.angles).shape[1]), temporal_samples)
+        coords = _resample_time(np.asarray(p.coordinates, np.float32), t_out).copy()
+        angles = _resample_time(np.asarray(p.angles, np.float32), t_out).copy()
+        for key, data in series.items():
+            blk = data.blocks.get(n)
+            if blk is None or not len(blk):
+                continue
+            m = models[key]
+            coords[blk.index, :, :2] += _resample_time(m.coord_delta[n].detach().cpu().numpy(), t_out)
+            angles[blk.index] = refined_angles(np.asarray(p.angles)[blk.index], m.angle_delta[n].cpu(), t_out)
+        sp.particles = Particles(p.items, p.item, coords.astype(np.float32), angles.astype(np.float32), p.half_set, p.extra)
+    for key, (_src_name, item) in items_of.items():
+        m = models[key]
+        for level, (gx, gy) in enumerate(m.pyramid.grids):
+            nx, ny = _pyramid_grid_names(level)
+            vx, vy = gx.detach().cpu().numpy(), gy.detach().cpu().numpy()
+            dims = (vx.shape[2], vx.shape[1], vx.shape[0])
+            if nx in item.grids and item.grids[nx].dims == dims:
+                vx = vx + item.grids[nx].values
+                vy = vy + item.grids[ny].values
+            elif nx in item.grids:  # a different pyramid: keep the old one under another name
+                k = 0
+                while f"pyramid/L{level}.{k}/x" in item.grids:
+                    k += 1
+                item.grids[f"pyramid/L{level}.{k}/x"] = item.grids.pop(nx)
+                item.grids[f"pyramid/L{level}.{k}/y"] = item.grids.pop(ny)
+            item.grids[nx] = CubicGrid(dims, vx, unit="angstrom")
+            item.grids[ny] = CubicGrid(dims, vy, unit="angstrom")
+
+
 def _pyramid_grid_names(level: int) -> tuple[str, str]:
     return f"pyramid/L{level}/x", f"pyramid/L{level}/y"
 
@@ -239,44 +369,67 @@ def refine_repository(
     for n, (h1, h2) in halves.items():
         if h1.shape != (pop.species[n].box,) * 3 or h2.shape != h1.shape:
             raise InvalidInput(f"half-maps are not {pop.species[n].box}³ cubes", f"species {n}")
-    curves = {n: masked_fsc(*halves[n], pop.species[n].pixel_size_angstrom, pop.species[n].diameter_angstrom) for n in names}
-    before = {n: _resolution(curves[n], pop.species[n].box, pop.species[n].pixel_size_angstrom) for n in names}
+    sp_ = pop.species
+    parent_res = {n: _resolution(masked_fsc(h1, h2, sp_[n].pixel_size_angstrom, sp_[n].diameter_angstrom), sp_[n].box,
+                                 sp_[n].pixel_size_angstrom) for n, (h1, h2) in halves.items()}
 
-    series: dict[str, SeriesData] = {}
+    series, items_of = collect_series(snap, pop, names, parts, device=device, resolution_angstrom=options.resolution_angstrom, say=say)
     models: dict[str, SeriesModel] = {}
-    items_of: dict[str, tuple[str, Any]] = {}
-    for src, item in pop.items():
-        if item.kind != "frames":
-            continue
-        sel = {}
-        for n in names:
-            rows = parts[n].in_item(item.data_digest)
-            if rows.size:
-                sel[n] = (rows, parts[n].select(np.isin(np.arange(len(parts[n])), rows)))
-        if not sel:
-            continue
-        if item.raw_array is None:
-            raise InvalidInput("item has particles but no raw frames in the repository", f"{src.name}/{item.name}")
-        key = f"{src.name}/{item.name}"
-        say(f"extracting {key}")
-        frames = open_view_array(snap, item.raw_array)
-        data = extract_series(item, frames, sel, {n: pop.species[n].box for n in sel}, device=device,
-                              resolution_angstrom=options.resolution_angstrom)
-        series[key] = data
-        items_of[key] = (src.name, item)
-        shapes = pyramid_shapes(options.levels, options.grid, item.n)
-        models[key] = initial_model(data, shapes, options.temporal_samples, device=device)
+    for key, data in series.items():
+        n_here = sum(len(b) for b in data.blocks.values())
+        grid = grid_for_particles(options.grid, n_here, per_node=options.particles_per_node)
+        if grid != tuple(options.grid):
+            say(f"{key}: {n_here} particles; finest motion grid {grid[0]}x{grid[1]}x{grid[2]} instead of "
+                f"{options.grid[0]}x{options.grid[1]}x{options.grid[2]} ({options.particles_per_node:g} particles per node)")
+        models[key] = initial_model(data, pyramid_shapes(options.levels, grid, items_of[key][1].n), options.temporal_samples, device=device)
     if not series:
         raise DegenerateResult("no particle of the chosen species matched any frame series")
     particle_frames = sum(len(b) * d.geometry.n_frames for d in series.values() for b in d.blocks.values())
 
-    settings = RefineSettings(params=frozenset(options.params), lbfgs_iterations=options.lbfgs_iterations, device=device)
+    # poses are refined only where each half-set holds enough particles for its
+    # reference not to be dominated by the particle being aligned; such species
+    # still share (and gain from) the series' motion
+    posed = frozenset(n for n in names if min(int((np.asarray(parts[n].half_set) == h).sum()) for h in (1, 2))
+                      >= options.min_particles_per_half)
+    for n in names:
+        if n not in posed and "poses" in options.params:
+            say(f"{n}: fewer than {options.min_particles_per_half} particles per half-set; its poses are kept, it shares the motion")
+    settings = RefineSettings(params=frozenset(options.params), lbfgs_iterations=options.lbfgs_iterations, device=device,
+                              ramp=tuple(options.ramp), pose_species=posed)
     scores: list[tuple[str, float, float]] = []
-    recon = None
+    # the new state is staged in a transaction (the denoisers train into it); it
+    # is committed at the end, or discarded: an interrupt leaves HEAD as it was
+    txn = repo.transaction()
+    try:
+        outcome = _loop_and_commit(repo, txn, options, pop, parts, names, series, items_of, models, settings, parent,
+                                   parent_res, particle_frames, device, say, t0, commit)
+    finally:
+        txn.discard()
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def _loop_and_commit(repo: Any, txn: Any, options: RefineOptions, pop: Population, parts: dict[str, Particles],
+                     names: list[str], series: dict[str, SeriesData], items_of: dict[str, tuple[str, Any]],
+                     models: dict[str, SeriesModel], settings: RefineSettings, parent: str,
+                     parent_res: dict[str, float], particle_frames: int,
+                     device: torch.device, say: Callable[[str], None], t0: float, commit: bool) -> RefineOutcome:
+    scores: list[tuple[str, float, float]] = []
+    # the starting point, reconstructed from these data with the starting parameters:
+    # the first references, and the "before" that the refined maps are compared with
+    say("reconstructing at the starting parameters")
+    recon = reconstruct_species(pop, series, models, names, device=device)
+    halves = {n: (recon[n][0], recon[n][1]) for n in names}
+    curves = {n: recon[n][2] for n in names}
+    fsc_before = dict(curves)
+    before = {n: _resolution(curves[n], pop.species[n].box, pop.species[n].pixel_size_angstrom) for n in names}
+    denoised = None
     if options.iterations == 0:
         say("iterations 0: reconstructing with the current parameters only (a set-up check)")
+    elif options.denoise:
+        denoised = _denoise(txn, pop, halves, options, device, final=False, say=say)
     for it in range(options.iterations):
-        refs = _references(halves, pop, curves, options, device)
+        refs = _references(halves, pop, curves, options, device, denoised)
         for key, data in series.items():
             say(f"iteration {it + 1}/{options.iterations}: refining {key}")
             res = refine_series(data, refs, models[key], settings)
@@ -286,10 +439,8 @@ def refine_repository(
         recon = reconstruct_species(pop, series, models, names, device=device)
         halves = {n: (recon[n][0], recon[n][1]) for n in names}
         curves = {n: recon[n][2] for n in names}
-    if recon is None:
-        recon = reconstruct_species(pop, series, models, names, device=device)
-        halves = {n: (recon[n][0], recon[n][1]) for n in names}
-        curves = {n: recon[n][2] for n in names}
+        if options.denoise:
+            denoised = _denoise(txn, pop, halves, options, device, final=it == options.iterations - 1, say=say)
     after = {n: _resolution(curves[n], pop.species[n].box, pop.species[n].pixel_size_angstrom) for n in names}
     for key, b, a in scores:
         if not (math.isfinite(b) and math.isfinite(a)):
@@ -305,7 +456,7 @@ def refine_repository(
     outcome = RefineOutcome(
         commit=None,
         parent=parent,
-        species={n: SpeciesOutcome(n, len(parts[n]), before[n], after[n], None, curves[n]) for n in names},
+        species={n: SpeciesOutcome(n, len(parts[n]), before[n], after[n], fsc_before[n], curves[n]) for n in names},
         iterations=options.iterations,
         seconds=time.perf_counter() - t0,
         series=len(series),
@@ -313,90 +464,72 @@ def refine_repository(
         scores=scores,
         population=pop,
         models=models,
+        maps=halves,
     )
     if not commit:
         return outcome
 
     # ---- write the new state --------------------------------------------------
-    txn = repo.transaction()
-    try:
-        for n in names:
-            sp = pop.species[n]
-            p = parts[n]
-            coords = _resample_time(p.coordinates, options.temporal_samples).copy()
-            angles = _resample_time(p.angles, options.temporal_samples).copy()
-            for key, data in series.items():
-                blk = data.blocks.get(n)
-                if blk is None or not len(blk):
-                    continue
-                m = models[key]
-                coords[blk.index, :, :2] += m.coord_delta[n].detach().cpu().numpy()
-                angles[blk.index] = refined_angles(p.angles[blk.index], m.angle_delta[n].cpu(), options.temporal_samples)
-            sp.particles = Particles(p.items, p.item, coords.astype(np.float32), angles.astype(np.float32), p.half_set, p.extra)
-            for role, vol in (("half1", halves[n][0]), ("half2", halves[n][1])):
-                write_array(txn, sp.maps[role], vol, attributes={"voxel_size": [sp.pixel_size_angstrom] * 3, "voxel_size_unit": "angstrom"})
-            sp.resolution_angstrom = after[n]
-            sp.metrics = {**sp.metrics, "fsc": {"freqs_per_angstrom": curves[n].freqs_per_angstrom.tolist(), "fsc": curves[n].fsc.tolist()}}
-        for key, (src_name, item) in items_of.items():
-            m = models[key]
-            for level, (gx, gy) in enumerate(m.pyramid.grids):
-                nx, ny = _pyramid_grid_names(level)
-                vx, vy = gx.detach().cpu().numpy(), gy.detach().cpu().numpy()
-                dims = (vx.shape[2], vx.shape[1], vx.shape[0])
-                if nx in item.grids and item.grids[nx].dims == dims:
-                    vx = vx + item.grids[nx].values
-                    vy = vy + item.grids[ny].values
-                elif nx in item.grids:  # a different pyramid: keep the old one under another name
-                    k = 0
-                    while f"pyramid/L{level}.{k}/x" in item.grids:
-                        k += 1
-                    item.grids[f"pyramid/L{level}.{k}/x"] = item.grids.pop(nx)
-                    item.grids[f"pyramid/L{level}.{k}/y"] = item.grids.pop(ny)
-                item.grids[nx] = CubicGrid(dims, vx, unit="angstrom")
-                item.grids[ny] = CubicGrid(dims, vy, unit="angstrom")
-        # provenance: items record the species digests they were refined against,
-        # species record the items that contributed
-        write_population(txn, pop, items=False)  # writes particles first, giving the species digests
-        sp_digests = _current_species_digests(txn, names)
-        for key, (src_name, item) in items_of.items():
-            item.refined_with = {n: sp_digests[n] for n in names if n in series[key].blocks}
-        item_digests = {}
-        for key, (src_name, item) in items_of.items():
-            item_digests[item.data_digest] = write_item(txn, src_name, item)
-        for n in names:
-            pop.species[n].contributors = {d: item_digests[d] for d in parts[n].items if d in item_digests}
-        write_population(txn, pop, items=False)
-        meta = {
-            "operation": "refine",
-            "parent": parent,
-            "parameters": {
-                "iterations": options.iterations,
-                "species": names,
-                "params": list(options.params),
-                "grid": list(options.grid),
-                "levels": options.levels,
-                "temporal_samples": options.temporal_samples,
-                "resolution_angstrom": options.resolution_angstrom,
-                "lbfgs_iterations": options.lbfgs_iterations,
-                "device": str(device),
-                "seed": options.seed,
-            },
-            "resolution_angstrom": {n: {"before": round(before[n], 3), "after": round(after[n], 3)} for n in names},
-            "species_digests": _current_species_digests(txn, names),
-            "item_digests": {f"{s}/{it.name}": item_digests[it.data_digest] for s, it in items_of.values()},
-            "series": len(series),
-            "particle_frames": particle_frames,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "summary": ", ".join(f"{n} {before[n]:.2f}->{after[n]:.2f} Å" for n in names),
-        }
-        msg = options.message or (
-            f"Reconstruct at current parameters ({meta['summary']})" if options.iterations == 0
-            else f"Refine {'+'.join(options.params)}, {options.iterations} iterations: {meta['summary']}"
-        )
-        outcome.commit = txn.commit(msg, metadata=meta)
-    finally:
-        txn.discard()
-    outcome.seconds = time.perf_counter() - t0
+    apply_models(pop, parts, series, models, items_of, names, options.temporal_samples)
+    for n in names:
+        sp = pop.species[n]
+        for role, vol in (("half1", halves[n][0]), ("half2", halves[n][1])):
+            write_array(txn, sp.maps[role], vol, attributes={"voxel_size": [sp.pixel_size_angstrom] * 3, "voxel_size_unit": "angstrom"})
+        sp.resolution_angstrom = after[n]
+        sp.metrics = {**sp.metrics, "fsc": {"freqs_per_angstrom": curves[n].freqs_per_angstrom.tolist(), "fsc": curves[n].fsc.tolist()}}
+    # provenance: items record the species digests they were refined against,
+    # species record the items that contributed
+    write_population(txn, pop, items=False)  # writes particles first, giving the species digests
+    sp_digests = _current_species_digests(txn, names)
+    for key, (src_name, item) in items_of.items():
+        item.refined_with = {n: sp_digests[n] for n in names if n in series[key].blocks}
+    item_digests = {}
+    for key, (src_name, item) in items_of.items():
+        item_digests[item.data_digest] = write_item(txn, src_name, item)
+    for n in names:
+        pop.species[n].contributors = {d: item_digests[d] for d in parts[n].items if d in item_digests}
+    write_population(txn, pop, items=False)
+    # a map worse than its parent's (the stored half-maps, measured the same way)
+    # is committed only with a warning in the message and the metadata
+    worse = {n: {"parent": round(parent_res[n], 3), "now": round(after[n], 3)}
+             for n in names if after[n] > parent_res[n] * 1.0001}
+    meta = {
+        "operation": "refine",
+        "parent": parent,
+        "parameters": {
+            "iterations": options.iterations,
+            "species": names,
+            "params": list(options.params),
+            "grid": list(options.grid),
+            "levels": options.levels,
+            "temporal_samples": options.temporal_samples,
+            "resolution_angstrom": options.resolution_angstrom,
+            "lbfgs_iterations": options.lbfgs_iterations,
+            "denoise": options.denoise,
+            "denoise_iterations": options.denoise_iterations if options.denoise else 0,
+            "denoise_crop": options.denoise_crop,
+            "device": str(device),
+            "seed": options.seed,
+        },
+        "resolution_angstrom": {n: {"parent": round(parent_res[n], 3), "before": round(before[n], 3), "after": round(after[n], 3)}
+                                for n in names},
+        "species_digests": _current_species_digests(txn, names),
+        "item_digests": {f"{s}/{it.name}": item_digests[it.data_digest] for s, it in items_of.values()},
+        "series": len(series),
+        "particle_frames": particle_frames,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "summary": ", ".join(f"{n} {before[n]:.2f}->{after[n]:.2f} Å" for n in names),
+    }
+    if worse:
+        meta["worse_than_parent"] = worse
+        say("WARNING: " + ", ".join(f"{n} is worse than in the parent commit ({w['parent']:.2f} -> {w['now']:.2f} Å)" for n, w in worse.items()))
+    msg = options.message or (
+        f"Reconstruct at current parameters ({meta['summary']})" if options.iterations == 0
+        else f"Refine {'+'.join(options.params)}, {options.iterations} iterations: {meta['summary']}"
+    )
+    if worse:
+        msg += " [WORSE than parent: " + ", ".join(worse) + "]"
+    outcome.commit = txn.commit(msg, metadata=meta)
     return outcome
 
 

@@ -8,14 +8,16 @@ Geometry (units: Å unless said; px only inside kernels)
 -------------------------------------------------------
 A particle's position in frame ``i`` is
 
-    r_p(i) = λ_p(t_i) + G_fixed(x_p, y_p, t_i) + G_refined(x_p, y_p, t_i)
+    r_p(i) = λ_p(t_i) − G_fixed(x_p, y_p, t_i) − G_refined(x_p, y_p, t_i)
 
 with ``λ_p`` its coordinate trajectory (T temporal control points, natural
 cubic spline in time), ``G_fixed`` the motion grids from preprocessing
 (Warp's ``GridMovementX/Y`` and ``GridLocalX/Y``) and ``G_refined`` the
 refined pyramid of grids (:class:`~mrepo.refine.deformation.MotionPyramid`),
 all evaluated at the particle's normalised position ``(x_p, y_p)`` in the
-field of view and the frame's normalised time ``t_i``. Coordinates are Å
+field of view and the frame's normalised time ``t_i``; grids are subtracted,
+as Warp does (``Movie.GetPositionInAllFrames``), so imported and exported
+grids keep Warp's meaning. Coordinates are Å
 from the centre of pixel (0, 0); pixel index = coordinate / pixel size.
 Its orientation in frame ``i`` is ``θ_p(t_i)`` (RELION ZYZ Euler angles,
 same temporal spline).
@@ -125,9 +127,15 @@ class SpeciesBlock:
     data: torch.Tensor
     ctf2: torch.Tensor
     box: int
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # derived, see _block_cache
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+    @property
+    def angles_constant(self) -> bool:
+        """True when the starting orientation does not change over the exposure."""
+        return self.angles0.shape[1] == 1
 
 
 @dataclass
@@ -183,11 +191,15 @@ class RefineSettings:
     lbfgs_iterations: int = 20
     device: str | torch.device = "cpu"
     batch: int = 4096  # particle-frames projected at once
-    ramp: tuple[float, ...] = (0.3, 0.5, 0.75, 1.0)
+    ramp: tuple[float, ...] = (0.4, 1.0)
     min_ramp_angstrom: float = 30.0
     prior_shift_px: float = 2.0  # Gaussian prior (σ) on each particle's position correction
     prior_angle_deg: float = 5.0  # and on its orientation correction
     prior_weight: float = 0.05  # per particle, in units of NCC
+    prior_motion_step_angstrom: float = 2.0  # σ of the change of a motion grid node between consecutive time nodes
+    prior_trajectory_step_angstrom: float = 1.0  # σ of a particle's position change between control points
+    prior_trajectory_step_deg: float = 0.5  # and of its orientation change
+    pose_species: frozenset[str] | None = None  # species whose particle poses are refined (None: all)
 
 
 @dataclass
@@ -237,12 +249,12 @@ def series_positions(
     basis = _time_basis(f, t_samples, device)
     pos = torch.einsum("ft,ntc->nfc", basis, coords[..., :2])
     x, y = geom.normalised_xy(coords[:, 0, :2].detach().cpu().numpy())
-    pos = pos + _fixed_shift(geom, x, y, device)
+    pos = pos - _fixed_shift(geom, x, y, device)
     if pyramid is not None and n:
         t = normalised_time(f, device=device)
         xs = torch.as_tensor(np.repeat(x, f), device=device, dtype=torch.float32)
         ys = torch.as_tensor(np.repeat(y, f), device=device, dtype=torch.float32)
-        pos = pos + pyramid.shifts(xs, ys, t.repeat(n)).reshape(n, f, 2)
+        pos = pos - pyramid.shifts(xs, ys, t.repeat(n)).reshape(n, f, 2)
     return pos
 
 
@@ -394,29 +406,85 @@ def rotvec_matrix(w_deg: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_exp(k)
 
 
+def _block_cache(data: SeriesData, block: SpeciesBlock, key: tuple, make):
+    """Derived, constant tensors of a block (bases, fixed shifts, stage data), computed once."""
+    c = block.cache
+    if key not in c:
+        c[key] = make()
+    return c[key]
+
+
+def _base_positions(data: SeriesData, block: SpeciesBlock) -> torch.Tensor:
+    """(Np, F, 2) positions (Å) of the starting trajectories plus the fixed grids."""
+    def make() -> torch.Tensor:
+        geom = data.geometry
+        dev = block.data.device
+        coords0 = torch.as_tensor(block.coords0, device=dev)
+        basis = _time_basis(geom.n_frames, coords0.shape[1], dev)
+        pos = torch.einsum("ft,ntc->nfc", basis, coords0[..., :2])
+        x, y = geom.normalised_xy(block.coords0[:, 0, :2])
+        return pos - _fixed_shift(geom, x, y, dev)
+
+    return _block_cache(data, block, ("base",), make)
+
+
+def _pyramid_shift(data: SeriesData, block: SpeciesBlock, pyramid: MotionPyramid) -> torch.Tensor:
+    """(Np, F, 2) shifts (Å) of the refined pyramid at the block's particles.
+
+    Each grid is separable, ``G(x, y, t) = Σ wt(t) wy(y) wx(x) V``: the spatial
+    weights of each particle and the temporal weights of each frame are
+    computed once per block, so an evaluation costs O(Np·Z + Np·F) per grid.
+    """
+    dev = block.data.device
+    n, f = len(block), data.geometry.n_frames
+    out = torch.zeros((n, f, 2), device=dev)
+    if not pyramid.grids or n == 0:
+        return out
+    x, y = data.geometry.normalised_xy(block.coords0[:, 0, :2])
+    comps = []
+    for gx, gy in pyramid.grids:
+        z_, y_, x_ = gx.shape
+        wx = _block_cache(data, block, ("wx", x_), lambda: spline_basis(x, x_, device=dev))
+        wy = _block_cache(data, block, ("wy", y_), lambda: spline_basis(y, y_, device=dev))
+        wt = _block_cache(data, block, ("wt", z_), lambda: spline_basis(normalised_time(f).numpy(), z_, device=dev))
+        for k, g in enumerate((gx, gy)):
+            at_p = torch.einsum("pj,pi,zji->pz", wy, wx, g)  # (Np, Z)
+            comps.append((k, at_p @ wt.T))  # (Np, F)
+    dx = sum(c for k, c in comps if k == 0)
+    dy = sum(c for k, c in comps if k == 1)
+    return torch.stack([dx, dy], dim=-1)
+
+
 def _block_geometry(
     data: SeriesData, block: SpeciesBlock, model: SeriesModel
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Np*F, 2) origins (Å, RELION sign) and (Np*F, 3, 3) rotations of a block's particle-frames.
+    """Origins (Np, F, 2) (Å, RELION sign) and rotations (Np, Fr, 3, 3) of a block's particle-frames.
 
+    ``Fr`` is 1 when the orientation is the same in every frame (a starting
+    orientation and a correction with one temporal control point each), else F.
     Orientation corrections are small rotation vectors ω(t) (degrees) composed
     with the starting orientation, A(t) = A₀(t) · exp([ω(t)]×): well conditioned
     for every orientation, unlike offsets of Euler angles near tilt 0.
     """
     geom = data.geometry
     dev = block.data.device
-    t_samples = model.coord_delta[block.species].shape[1]
-    coords0 = torch.as_tensor(_resample_time(block.coords0, t_samples), device=dev)
-    angles0 = torch.as_tensor(_resample_time(block.angles0, t_samples), device=dev)
-    coords = coords0[..., :2] + model.coord_delta[block.species]
-    pos = series_positions(geom, torch.cat([coords, coords0[..., 2:]], dim=-1), model.pyramid, device=dev)
-    centres = torch.as_tensor(block.centres_px, device=dev, dtype=torch.float32) * geom.pixel_size_angstrom
+    f = geom.n_frames
+    delta = model.coord_delta[block.species]
+    omega = model.angle_delta[block.species]
+    pos = _base_positions(data, block) + torch.einsum("ft,ntc->nfc", _time_basis(f, delta.shape[1], dev), delta)
+    pos = pos - _pyramid_shift(data, block, model.pyramid)
+    centres = _block_cache(data, block, ("centres",), lambda: torch.as_tensor(block.centres_px, device=dev, dtype=torch.float32)
+                           * geom.pixel_size_angstrom)
     origin = -(pos - centres)  # particle sits at +d from the box centre: origin -d
-    basis = _time_basis(geom.n_frames, t_samples, dev)
-    a0 = euler_to_matrix(torch.einsum("ft,ntc->nfc", basis, angles0))
-    w = torch.einsum("ft,ntc->nfc", basis, model.angle_delta[block.species])
-    rots = a0 @ rotvec_matrix(w)
-    return origin.reshape(-1, 2), rots.reshape(-1, 3, 3)
+    if block.angles_constant and omega.shape[1] == 1:
+        a0 = _block_cache(data, block, ("a0", 1), lambda: euler_to_matrix(torch.as_tensor(block.angles0, device=dev))[:, :1])
+        rots = a0 @ rotvec_matrix(omega)
+    else:
+        a0 = _block_cache(data, block, ("a0", f), lambda: euler_to_matrix(
+            torch.einsum("ft,ntc->nfc", _time_basis(f, block.angles0.shape[1], dev), torch.as_tensor(block.angles0, device=dev))))
+        w = torch.einsum("ft,ntc->nfc", _time_basis(f, omega.shape[1], dev), omega)
+        rots = a0 @ rotvec_matrix(w)
+    return origin, rots
 
 
 def _frequency_mask(data: SeriesData, box: int, r_max_px: float, device) -> torch.Tensor:
@@ -430,34 +498,108 @@ def _frequency_mask(data: SeriesData, box: int, r_max_px: float, device) -> torc
     return m.to(torch.float32)
 
 
-def _block_score(
-    data: SeriesData, block: SpeciesBlock, ref: SpeciesReference, model: SeriesModel, batch: int
-) -> torch.Tensor:
-    """(Np,) NCC of each particle over its frames."""
-    n, f = len(block), data.geometry.n_frames
-    if n == 0:
-        return torch.zeros(0, device=block.data.device)
-    origin, rots = _block_geometry(data, block, model)
-    box = block.box
-    white = data.whitening[box]
-    mask = _frequency_mask(data, box, ref.r_max_px, block.data.device)  # (F, b, b2)
-    dw = data.dose_w[box]
-    half = torch.as_tensor(block.half, device=block.data.device).repeat_interleave(f)
-    proj = torch.zeros((n * f, box, box // 2 + 1), dtype=torch.complex64, device=block.data.device)
+@dataclass
+class _Stage:
+    """A block's data restricted to the Fourier pixels of one resolution stage.
+
+    With whitening ``W`` (weight ``w = W²`` × frame mask), model weight
+    ``m = CTF²ₗ · w_dose`` and data ``d``: ``wmd = w·m·d`` (Np, F, M) and
+    ``mmw = Σ_f w·m²`` (Np, M) or ``w·m²`` (Np, F, M), so that for a projection
+    ``P`` and unit phase factors ``φ``, ``Σ w Re(d conj(m P φ)) = Re Σ wmd conj(P φ)``
+    and ``Σ w |m P φ|² = Σ mmw |P|²``.
+    """
+
+    r_max_px: float
+    flat: torch.Tensor  # (M,) indices into the (b, b//2+1) rfft array
+    kx: torch.Tensor  # (M,) Fourier indices
+    ky: torch.Tensor
+    wmd: torch.Tensor  # (Np, F, M) complex
+    mmw: torch.Tensor  # (Np, M) or (Np, F, M)
+    dd: torch.Tensor  # (Np,) Σ w |d|²
+
+
+def _stage(data: SeriesData, block: SpeciesBlock, r_max_px: float, per_frame: bool) -> _Stage:
+    def make() -> _Stage:
+        from .projection import disk_pixels
+
+        box = block.box
+        dev = block.data.device
+        f = data.geometry.n_frames
+        flat, kx, ky = disk_pixels(box, r_max_px, device=dev)
+        mask = _frequency_mask(data, box, r_max_px, dev).reshape(f, -1)[:, flat]
+        white = (data.whitening[box] ** 2).reshape(-1)[flat]
+        d = block.data.reshape(len(block), f, -1)[..., flat]
+        dw = data.dose_w[box].reshape(f, -1)[:, flat]
+        mw = block.ctf2.reshape(len(block), -1)[:, flat][:, None, :] * dw[None]  # (Np, F, M)
+        w = (mask * white[None])[None]  # (1, F, M)
+        dd = (w * (d.real**2 + d.imag**2)).sum(dim=(1, 2))
+        mmw = w * mw * mw
+        return _Stage(float(r_max_px), flat, kx, ky, w * mw * d, mmw if per_frame else mmw.sum(1), dd)
+
+    return _block_cache(data, block, ("stage", round(float(r_max_px), 4), per_frame), make)
+
+
+def _shift_phases(kx: torch.Tensor, ky: torch.Tensor, origin: torch.Tensor, box: int, pixel_size: float) -> torch.Tensor:
+    """(..., M) unit phase factors exp(+2πi k·o / (n s)) of origins (..., 2) Å (the projector's sign)."""
+    ph = (2 * math.pi / (box * pixel_size)) * (origin[..., 0:1] * kx + origin[..., 1:2] * ky)
+    return torch.polar(torch.ones_like(ph), ph)
+
+
+def _projections(block: SpeciesBlock, ref: SpeciesReference, rots: torch.Tensor, batch: int) -> torch.Tensor:
+    """(Np, Fr, M) reference projections (each particle from its own half-map)."""
+    n, fr = rots.shape[:2]
+    dev = block.data.device
+    out = None
+    flat_rots = rots.reshape(n * fr, 3, 3)
+    half = torch.as_tensor(block.half, device=dev).repeat_interleave(fr)
     for h in (0, 1):
         idx = torch.nonzero(half == h).squeeze(1)
         for s in range(0, idx.numel(), batch):
             sel = idx[s : s + batch]
-            p = project_rotations(ref.halves[h], rots[sel], origin[sel], out_box=box, r_max_px=ref.r_max_px)
-            proj = proj.index_copy(0, sel, p)
-    proj = proj.reshape(n, f, box, box // 2 + 1)
-    w = (mask * white[None] ** 2)[None]  # whitening applied to both: weight W²
-    model_ft = proj * (block.ctf2[:, None] * dw[None])
-    d = block.data
-    num = (w * (d.real * model_ft.real + d.imag * model_ft.imag)).sum(dim=(1, 2, 3))
-    dd = (w * (d.real**2 + d.imag**2)).sum(dim=(1, 2, 3))
-    mm = (w * (model_ft.real**2 + model_ft.imag**2)).sum(dim=(1, 2, 3))
-    return num / torch.sqrt(dd * mm + 1e-30)
+            p = project_rotations(ref.halves[h], flat_rots[sel], None, out_box=block.box, r_max_px=ref.r_max_px, flat_output=True)
+            if out is None:
+                out = torch.zeros((n * fr, p.shape[-1]), dtype=p.dtype, device=dev)
+            out = out.index_copy(0, sel, p)
+    return out.reshape(n, fr, -1)
+
+
+def _block_score(
+    data: SeriesData, block: SpeciesBlock, ref: SpeciesReference, model: SeriesModel, batch: int
+) -> torch.Tensor:
+    """(Np,) NCC of each particle over its frames (only the Fourier pixels used).
+
+    Orientations that do not change over the exposure are projected once per
+    particle (not per frame); per-frame positions enter as phase factors. When
+    the orientations are not being refined, the projections are reused between
+    evaluations.
+    """
+    n = len(block)
+    if n == 0:
+        return torch.zeros(0, device=block.data.device)
+    origin, rots = _block_geometry(data, block, model)
+    per_frame = rots.shape[1] > 1
+    st = _stage(data, block, ref.r_max_px, per_frame)
+    omega = model.angle_delta[block.species]
+    if omega.requires_grad:
+        proj = _projections(block, ref, rots, batch)
+    else:
+        key = ("proj", round(ref.r_max_px, 4), id(ref.halves[0]), omega.data_ptr(), omega._version, per_frame)
+        stale = [k for k in block.cache if k[0] == "proj" and k != key]
+        for k in stale:
+            del block.cache[k]
+        proj = _block_cache(data, block, key, lambda: _projections(block, ref, rots.detach(), batch))
+    phi = _shift_phases(st.kx, st.ky, origin, block.box, data.geometry.pixel_size_angstrom)  # (Np, F, M)
+    if per_frame:
+        model_ft = proj * phi
+        num = (st.wmd.real * model_ft.real + st.wmd.imag * model_ft.imag).sum(dim=(1, 2))
+        mm = (st.mmw * (proj.real**2 + proj.imag**2)).sum(dim=(1, 2))
+    else:
+        # Σ_f wmd conj(φ): the frames aligned onto the particle, then one product per pixel
+        s = (st.wmd * phi.conj()).sum(dim=1)  # (Np, M)
+        p = proj[:, 0]
+        num = (s.real * p.real + s.imag * p.imag).sum(dim=1)
+        mm = (st.mmw * (p.real**2 + p.imag**2)).sum(dim=1)
+    return num / torch.sqrt(st.dd * mm + 1e-30)
 
 
 def series_score(data: SeriesData, refs: dict[str, SpeciesReference], model: SeriesModel, batch: int = 4096) -> torch.Tensor:
@@ -481,8 +623,27 @@ def _prior(data: SeriesData, model: SeriesModel, settings: RefineSettings) -> to
     total = torch.zeros(())
     for d in model.coord_delta.values():
         total = total + (d * d).sum() / (2 * s_shift**2)
+        if d.shape[1] > 1:  # trajectories are smooth: a prior on the change between control points
+            step = d[:, 1:] - d[:, :-1]
+            total = total + (step * step).sum() / (2 * settings.prior_trajectory_step_angstrom**2)
     for w in model.angle_delta.values():
         total = total + (w * w).sum() / (2 * settings.prior_angle_deg**2)
+        if w.shape[1] > 1:
+            step = w[:, 1:] - w[:, :-1]
+            total = total + (step * step).sum() / (2 * settings.prior_trajectory_step_deg**2)
+    # beam-induced motion is smooth: a random-walk prior on each refined grid
+    # node over time (as the velocity prior of RELION's Bayesian polishing),
+    # weighted like one particle per node so that it scales with the data
+    n = sum(len(b) for b in data.blocks.values())
+    motion = torch.zeros(())
+    n_nodes = 0
+    for g in model.pyramid.parameters():
+        if g.shape[0] > 1:
+            d = g[1:] - g[:-1]
+            motion = motion + (d * d).sum() / (2 * settings.prior_motion_step_angstrom**2)
+            n_nodes += g[0].numel()
+    if n_nodes:
+        total = total + motion * (n / n_nodes)
     return settings.prior_weight * total
 
 
@@ -502,6 +663,7 @@ def _ramp(refs: dict[str, SpeciesReference], settings: RefineSettings) -> list[d
             stages.append(stage)
     return stages
 
+
 def refine_series(
     data: SeriesData,
     refs: dict[str, SpeciesReference],
@@ -518,9 +680,10 @@ def refine_series(
     shift_vars: list[torch.Tensor] = []
     if "motion" in settings.params:
         shift_vars += model.pyramid.parameters()
+    posed = [k for k in model.coord_delta if settings.pose_species is None or k in settings.pose_species]
     if "poses" in settings.params:
-        shift_vars += list(model.coord_delta.values())
-    angle_vars = list(model.angle_delta.values()) if "poses" in settings.params else []
+        shift_vars += [model.coord_delta[k] for k in posed]
+    angle_vars = [model.angle_delta[k] for k in posed] if "poses" in settings.params else []
     with torch.no_grad():
         before = float(series_score(data, refs, model, settings.batch))
     if not math.isfinite(before):
@@ -528,8 +691,6 @@ def refine_series(
     n_particles = sum(len(b) for b in data.blocks.values())
     if not (shift_vars or angle_vars) or settings.lbfgs_iterations <= 0 or n_particles == 0:
         return SeriesResult(model, before, before, 1)
-    for v in shift_vars + angle_vars:
-        v.requires_grad_(True)
     evals = 0
     stages = _ramp(refs, settings)
     for k, stage_refs in enumerate(stages):
@@ -538,6 +699,8 @@ def refine_series(
         variables = shift_vars + (angle_vars if k == len(stages) - 1 else [])
         if not variables:
             continue
+        for v in shift_vars + angle_vars:
+            v.requires_grad_(any(v is u for u in variables))
         opt = torch.optim.LBFGS(variables, lr=1.0, max_iter=settings.lbfgs_iterations, history_size=10,
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
 
@@ -572,42 +735,59 @@ def backproject_series(
     """Insert every particle-frame of the series into its species' half-map accumulators.
 
     Data are the CTF-premultiplied images times the frame's dose weight; weights
-    are the band-limited CTF² times the squared dose weight. Symmetric species
-    insert each image at all symmetry-equivalent orientations.
+    are the band-limited CTF² times the squared dose weight, both divided by the
+    noise power (SNR units). When a particle's orientation is the same in every
+    frame, its frames are first aligned (their origins undone as phase factors)
+    and summed, and the sum is inserted once: the same result as inserting every
+    frame, since insertion is linear and the weights do not depend on the shift.
+    Symmetric species insert each image at all symmetry-equivalent orientations.
     """
+    from .backprojection import backproject
+
     for sp, block in data.blocks.items():
         n, f = len(block), data.geometry.n_frames
         if n == 0:
             continue
         rec = reconstructors[sp]
+        box = block.box
         with torch.no_grad():
             origin, rots = _block_geometry(data, block, model)
-        ops = torch.as_tensor(symmetry_matrices(symmetry.get(sp, "C1")), dtype=rots.dtype, device=rots.device)
-        g = ops.shape[0]
-        box = block.box
-        dw = data.dose_w[box]
-        mask = _frequency_mask(data, box, box / 2, block.data.device)  # dose crop only
-        inv_noise = data.whitening[box] ** 2  # 1 / noise power: data and weights in SNR units
-        x = (block.data * (dw * mask * inv_noise)[None]).reshape(n * f, box, box // 2 + 1)
-        wts = (block.ctf2[:, None] * (dw * dw * mask * inv_noise)[None]).reshape(n * f, box, box // 2 + 1)
-        half = np.repeat(block.half, f)
-        for h in (0, 1):
-            idx = torch.as_tensor(np.flatnonzero(half == h), device=rots.device)
-            for s in range(0, idx.numel(), batch):
-                sel = idx[s : s + batch]
-                r = torch.einsum("bij,gjk->bgik", rots[sel], ops).reshape(-1, 3, 3)
-                xs = x[sel].repeat_interleave(g, dim=0)
-                ws = wts[sel].repeat_interleave(g, dim=0)
-                os_ = origin[sel].repeat_interleave(g, dim=0)
-                from .backprojection import backproject
-
-                backproject(rec.halves[h], xs, ws, shifts_angstrom=os_, rotations=r)
+            dw = data.dose_w[box]
+            mask = _frequency_mask(data, box, box / 2, block.data.device)  # dose crop only
+            inv_noise = data.whitening[box] ** 2  # 1 / noise power: data and weights in SNR units
+            x = block.data * (dw * mask * inv_noise)[None]  # (Np, F, b, b2)
+            wts = block.ctf2[:, None] * (dw * dw * mask * inv_noise)[None]
+            if rots.shape[1] == 1:
+                ky, kx = freq_grid_2d(box, None, device=block.data.device)
+                phi = _shift_phases(kx.reshape(-1), ky.reshape(-1), origin, box, data.geometry.pixel_size_angstrom)
+                x = (x.reshape(n, f, -1) * phi.conj()).sum(dim=1).reshape(n, 1, box, box // 2 + 1)
+                wts = wts.sum(dim=1, keepdim=True)
+                origin = None
+            fr = rots.shape[1]
+            x = x.reshape(n * fr, box, box // 2 + 1)
+            wts = wts.reshape(n * fr, box, box // 2 + 1)
+            rots = rots.reshape(n * fr, 3, 3)
+            origin = origin.reshape(n * fr, 2) if origin is not None else None
+            ops = torch.as_tensor(symmetry_matrices(symmetry.get(sp, "C1")), dtype=rots.dtype, device=rots.device)
+            g = ops.shape[0]
+            half = np.repeat(block.half, fr)
+            for h in (0, 1):
+                idx = torch.as_tensor(np.flatnonzero(half == h), device=rots.device)
+                for s in range(0, idx.numel(), batch):
+                    sel = idx[s : s + batch]
+                    r = torch.einsum("bij,gjk->bgik", rots[sel], ops).reshape(-1, 3, 3)
+                    xs = x[sel].repeat_interleave(g, dim=0)
+                    ws = wts[sel].repeat_interleave(g, dim=0)
+                    os_ = origin[sel].repeat_interleave(g, dim=0) if origin is not None else None
+                    backproject(rec.halves[h], xs, ws, shifts_angstrom=os_, rotations=r)
 
 
 def refined_angles(angles0: np.ndarray, delta: torch.Tensor, t_samples: int) -> np.ndarray:
-    """(N, T, 3) Euler angles (deg) of starting trajectories composed with rotation-vector corrections."""
+    """(N, T, 3) Euler angles (deg): starting trajectories composed with rotation-vector
+    corrections, both resampled to ``t_samples`` control points."""
     from .euler import matrix_to_euler
 
     a0 = euler_to_matrix(torch.as_tensor(_resample_time(np.asarray(angles0, np.float32), t_samples), dtype=torch.float64))
-    r = a0 @ rotvec_matrix(delta.detach().to(torch.float64))
+    w = _resample_time(delta.detach().cpu().numpy().astype(np.float32), t_samples)
+    r = a0 @ rotvec_matrix(torch.as_tensor(w, dtype=torch.float64))
     return matrix_to_euler(r).numpy().astype(np.float32)

@@ -93,7 +93,12 @@ class SimConfig:
     pixel, ``r`` the CTF'ed, dose-damaged projection, ``c`` the contrast); ``c`` is set so
     that the mean per-particle SNR of the first species over all frames of a movie is
     ``snr`` (signal power over noise power inside the particle's diameter, summed frames).
-    ``snr=None``: no noise (float frames of expected counts).
+    ``snr=None``: no noise (float frames of expected counts). The default, 0.5, is what the
+    physics gives for a complex of the ``large`` species' size: a phase contrast of about
+    0.25 rad through its centre (σ·ΔV·t with ΔV ≈ 2.7 V between protein and ice), about
+    0.1 RMS image contrast inside its disc after the CTF, against 160 e⁻ per 2 Å pixel
+    over a 40 e⁻/Å² exposure (relative shot noise 0.08), and a detector DQE near 0.5;
+    smaller complexes have proportionally less (``small``: about 0.25).
 
     Starting values ("as imported", Warp/RELION-like): particle positions off by
     ``pose_shift_error_px`` RMS (2D), orientations by ``pose_angle_error_deg`` RMS
@@ -142,7 +147,7 @@ class SimConfig:
     tilt_shift_angstrom: float = 20.0
     tilt_defocus_sigma_angstrom: float = 200.0
     # noise
-    snr: float | None = 0.1
+    snr: float | None = 0.5
     # starting-value errors
     pose_shift_error_px: float = 1.5
     pose_angle_error_deg: float = 2.5

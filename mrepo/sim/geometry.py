@@ -12,12 +12,15 @@ Frame series
   (:func:`mrepo.refine.deformation.spline_basis`). Euler angles are
   interpolated component by component.
 * Position of particle p in frame i (Å):
-  ``λ_p(t_i) + Σ_grids G(x̂_p, ŷ_p, t_i)``, the grids (the item's
+  ``λ_p(t_i) − Σ_grids G(x̂_p, ŷ_p, t_i)``, the grids (the item's
   ``GridMovementX/Y``, ``GridLocalX/Y``, ``pyramid/<level>/x|y`` and, in the
   ground truth, the true pyramid) evaluated at the particle's first
   control point, normalised over the field of view:
   ``x̂ = x / (s (W − 1))``, ``ŷ = y / (s (H − 1))``, clipped to [0, 1].
-  A positive grid value moves the particle towards +x / +y.
+  A positive grid value moves the particle towards −x / −y: this is Warp's
+  convention (``Movie.GetPositionInAllFrames`` subtracts ``GridMovementX/Y``,
+  ``GridLocalX/Y`` and ``PyramidShiftX/Y``), so grids read from or written to
+  Warp/M XML mean the same thing here.
 * Orientation: RELION's ZYZ Euler angles of the matrix ``A`` that maps map
   coordinates to image coordinates (:mod:`mrepo.refine.euler`).
 
@@ -118,7 +121,8 @@ def eval_grid_pairs(grids: Sequence[tuple[np.ndarray, np.ndarray]], x: np.ndarra
 
 def frame_positions(coords: np.ndarray, n_frames: int, shape_px: Sequence[int], pixel_size_angstrom: float,
                     grids: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> np.ndarray:
-    """(N, F, 2) particle positions (Å) in every frame of a frame series (see the module docstring)."""
+    """(N, F, 2) particle positions (Å) in every frame of a frame series: trajectory minus
+    the grids' shifts (Warp's sign; see the module docstring)."""
     c = np.asarray(coords, np.float64)
     pos = interp_trajectory(c[..., :2], n_frames)
     n = c.shape[0]
@@ -126,7 +130,7 @@ def frame_positions(coords: np.ndarray, n_frames: int, shape_px: Sequence[int], 
         x, y = normalised_xy(c[:, 0, :2], shape_px, pixel_size_angstrom)
         t = normalised_time(n_frames, dtype=torch.float64).numpy()
         shift = eval_grid_pairs(grids, np.repeat(x, n_frames), np.repeat(y, n_frames), np.tile(t, n))
-        pos = pos + shift.reshape(n, n_frames, 2)
+        pos = pos - shift.reshape(n, n_frames, 2)
     return pos
 
 

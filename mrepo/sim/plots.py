@@ -98,7 +98,7 @@ def plot_motion(out_dir: str | os.PathLike[str], item: str, path_png: str | os.P
     t = normalised_time(f, dtype=torch.float64).numpy()
     fig = _figure(12.0, 5.6)
     ax1 = fig.add_subplot(1, 2, 1)
-    glob = eval_grid_pairs(it.motion[:1], np.full(f, 0.5), np.full(f, 0.5), t)
+    glob = -eval_grid_pairs(it.motion[:1], np.full(f, 0.5), np.full(f, 0.5), t)  # displacement: minus the grid (Warp's sign)
     ax1.plot(glob[:, 0], glob[:, 1], "-o", markersize=3)
     ax1.plot(glob[0, 0], glob[0, 1], "s", color="tab:green", label="first frame")
     ax1.plot(glob[-1, 0], glob[-1, 1], "s", color="tab:red", label="last frame")
@@ -117,7 +117,7 @@ def plot_motion(out_dir: str | os.PathLike[str], item: str, path_png: str | os.P
     if local:
         d0 = eval_grid_pairs(local, xs, ys, np.zeros(m))
         d1 = eval_grid_pairs(local, xs, ys, np.ones(m))
-        d = d1 - d0
+        d = d0 - d1  # displacement from the first to the last frame: minus the grids' change
         d -= d.mean(axis=0)
     else:
         d = np.zeros((m, 2))

@@ -581,57 +581,60 @@ def simulate(
     t0 = time.perf_counter()
     repo = mrepo.init_repo(out)
     txn = repo.transaction()
-    pop = Population(f"simulated-{preset_name}-{seed}", extra={"simulated": {"preset": preset_name, "seed": seed}})
-    for src, its in stored_items.items():
-        if not its:
-            continue
-        ds = DataSource(src, "frames" if src == FRAMES_SOURCE else "tilts", extra={"simulated": True})
-        for it in its:
-            write_item(txn, src, it, raw=raws[it.name])
-            ds.add(it)
-        pop.sources[src] = ds
-    attrs = {"voxel_size": [px] * 3, "voxel_size_unit": "angstrom"}
-    for s in cfg.species:
-        p = particles_stored[s.name]
-        sp_maps = {}
-        if s.name in half_maps:
-            for role, m in zip(("half1", "half2"), half_maps[s.name]):
-                aname = species_array_name(s.name, f"maps/{role}")
-                write_array(txn, aname, m.astype(np.float32), attributes=attrs)
-                sp_maps[role] = aname
-        contributors = {}
-        for _src, it in pop.items():
-            if len(p.in_item(it.data_digest)):
-                contributors[it.data_digest] = item_digest(it)
-        species_objs[s.name] = Species(
-            name=s.name,
-            diameter_angstrom=s.diameter_angstrom,
-            pixel_size_angstrom=px,
-            box=boxes[s.name],
-            particles=p,
-            symmetry=s.symmetry,
-            maps=sp_maps,
-            resolution_angstrom=start_res.get(s.name),
-            contributors=contributors if sp_maps else {},
-            extra={"simulated": True},
-        )
-    pop.species = species_objs
-    write_population(txn, pop, items=False)
-    summary = {
-        "sources": {src: {"items": len(its), "particles": {s.name: int(sum(len(particles_stored[s.name].in_item(it.data_digest)) for it in its))
-                                                          for s in cfg.species}}
-                    for src, its in stored_items.items() if its},
-        "species": {s.name: {"diameter_angstrom": s.diameter_angstrom, "symmetry": s.symmetry, "box": boxes[s.name],
-                             "particles": len(particles_stored[s.name]),
-                             "start_resolution_angstrom": start_res.get(s.name)} for s in cfg.species},
-        "pixel_size_angstrom": px,
-        "snr": snr,
-        "contrast": round(contrast, 6),
-        "noise": "poisson" if noisy else "none",
-    }
-    meta = {"simulation": {"preset": preset_name, "seed": seed, "summary": summary,
-                           "truth": "truth/ (not tracked by the repository)"}}
-    commit = txn.commit(f"Simulated population ({preset_name}, {seed})", metadata=meta)
+    try:
+        pop = Population(f"simulated-{preset_name}-{seed}", extra={"simulated": {"preset": preset_name, "seed": seed}})
+        for src, its in stored_items.items():
+            if not its:
+                continue
+            ds = DataSource(src, "frames" if src == FRAMES_SOURCE else "tilts", extra={"simulated": True})
+            for it in its:
+                write_item(txn, src, it, raw=raws[it.name])
+                ds.add(it)
+            pop.sources[src] = ds
+        attrs = {"voxel_size": [px] * 3, "voxel_size_unit": "angstrom"}
+        for s in cfg.species:
+            p = particles_stored[s.name]
+            sp_maps = {}
+            if s.name in half_maps:
+                for role, m in zip(("half1", "half2"), half_maps[s.name]):
+                    aname = species_array_name(s.name, f"maps/{role}")
+                    write_array(txn, aname, m.astype(np.float32), attributes=attrs)
+                    sp_maps[role] = aname
+            contributors = {}
+            for _src, it in pop.items():
+                if len(p.in_item(it.data_digest)):
+                    contributors[it.data_digest] = item_digest(it)
+            species_objs[s.name] = Species(
+                name=s.name,
+                diameter_angstrom=s.diameter_angstrom,
+                pixel_size_angstrom=px,
+                box=boxes[s.name],
+                particles=p,
+                symmetry=s.symmetry,
+                maps=sp_maps,
+                resolution_angstrom=start_res.get(s.name),
+                contributors=contributors if sp_maps else {},
+                extra={"simulated": True},
+            )
+        pop.species = species_objs
+        write_population(txn, pop, items=False)
+        summary = {
+            "sources": {src: {"items": len(its), "particles": {s.name: int(sum(len(particles_stored[s.name].in_item(it.data_digest)) for it in its))
+                                                              for s in cfg.species}}
+                        for src, its in stored_items.items() if its},
+            "species": {s.name: {"diameter_angstrom": s.diameter_angstrom, "symmetry": s.symmetry, "box": boxes[s.name],
+                                 "particles": len(particles_stored[s.name]),
+                                 "start_resolution_angstrom": start_res.get(s.name)} for s in cfg.species},
+            "pixel_size_angstrom": px,
+            "snr": snr,
+            "contrast": round(contrast, 6),
+            "noise": "poisson" if noisy else "none",
+        }
+        meta = {"simulation": {"preset": preset_name, "seed": seed, "summary": summary,
+                               "truth": "truth/ (not tracked by the repository)"}}
+        commit = txn.commit(f"Simulated population ({preset_name}, {seed})", metadata=meta)
+    finally:
+        txn.discard()  # committed or not, the staging area goes
     timings["repository"] = time.perf_counter() - t0
 
     # -- truth ------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from ..store.atomic import atomic_write
 from .config import SimConfig, SpeciesSpec
 from .render import TiltGeometry
 
-__all__ = ["ItemTruth", "Truth", "load_truth", "save_truth", "TRUTH_DIR"]
+__all__ = ["ItemTruth", "Truth", "load_truth", "save_truth", "truth_population", "TRUTH_DIR"]
 
 TRUTH_DIR = "truth"
 FORMAT = {"format": "mrepo-sim-truth", "version": 1}
@@ -265,3 +265,30 @@ def load_truth(out_dir: str | os.PathLike[str]) -> Truth:
     return Truth(d, doc["preset"], int(doc["seed"]), cfg, float(doc["contrast"]), maps, species, boxes, particles,
                  items, doc.get("snr", {}), doc.get("summary", {}))
 
+
+
+def truth_population(pop: Any, truth: Truth) -> Any:
+    """A copy of ``pop`` whose frame-series items and particles carry the TRUE
+    parameters (motion as ``pyramid/L<k>`` grids, poses, CTF): reconstructing
+    it gives the "oracle" maps a perfect refinement would reach."""
+    import copy
+
+    from ..model import CubicGrid
+
+    out = copy.deepcopy(pop)
+    for name, p in truth.particles.items():
+        if name in out.species:
+            out.species[name].particles = p
+    for _src, it in out.items():
+        if it.kind != "frames" or it.name not in truth.items:
+            continue
+        t = truth.items[it.name]
+        for k in list(it.grids):
+            if k.startswith(("GridMovement", "GridLocal", "pyramid/")):
+                del it.grids[k]
+        for level, (gx, gy) in enumerate(t.motion):
+            dims = (gx.shape[2], gx.shape[1], gx.shape[0])
+            it.grids[f"pyramid/L{level}/x"] = CubicGrid(dims, gx)
+            it.grids[f"pyramid/L{level}/y"] = CubicGrid(dims, gy)
+        it.imaging = t.item.imaging
+    return out

@@ -114,7 +114,8 @@ def _centroid(img: np.ndarray) -> np.ndarray:
 
 def test_positions_and_motion_signs():
     """A particle at (x, y) Å is centred on pixel (x/s, y/s); a positive motion grid value
-    moves it towards +x/+y; its z adds to the defocus."""
+    moves it towards -x/-y (Warp's sign: Movie.GetPositionInAllFrames subtracts the grids);
+    its z adds to the defocus."""
     px, box = 3.0, 40
     z, y, x = np.mgrid[:box, :box, :box] - box // 2
     vol = np.exp(-(x * x + y * y + z * z) / (2 * 2.0**2)).astype(np.float32)  # a blob centred on voxel box // 2
@@ -128,7 +129,7 @@ def test_positions_and_motion_signs():
         np.testing.assert_allclose(_centroid(still[f]), xy, atol=0.25)
     shift = (np.full((2, 1, 1), 6.0 * px), np.full((2, 1, 1), -4.0 * px))  # Å, constant grids
     moved = render_frames({"s": vol}, item, parts, [shift])
-    np.testing.assert_allclose(_centroid(moved[0]) - _centroid(still[0]), [6.0, -4.0], atol=0.05)
+    np.testing.assert_allclose(_centroid(moved[0]) - _centroid(still[0]), [-6.0, 4.0], atol=0.05)
     # a trajectory moves the particle between frames the same way
     traj = np.concatenate([coords, coords + [[[5.0 * px, 0.0, 0.0]]]], axis=1)
     tparts = {"s": Particles.from_arrays(["d"], traj, np.array([[[30.0, 60.0, -20.0]]]))}
