@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInput
-from ..model import CubicGrid, Item
+from ..model import CubicGrid, Item, motion_grid_pairs, motion_shifts, natural_spline_weights
 
 __all__ = [
     "natural_spline_weights",
@@ -37,58 +37,22 @@ __all__ = [
     "background_normalise",
 ]
 
-_MOTION_X = ("GridMovementX", "GridLocalMovementX")
-_MOTION_Y = ("GridMovementY", "GridLocalMovementY")
-
-
-def natural_spline_weights(n: int, margin: float, t: np.ndarray) -> np.ndarray:
-    """(len(t), n) weights W with ``f(t) = W @ values`` for the natural cubic
-    spline through n control points at ``linspace(margin, 1 - margin, n)``."""
-    t = np.asarray(t, np.float64).reshape(-1)
-    if n == 1:
-        return np.ones((len(t), 1))
-    from scipy.interpolate import CubicSpline
-
-    x = np.linspace(margin, 1.0 - margin, n)
-    if not np.all(np.diff(x) > 0):
-        raise InvalidInput(f"grid margin {margin} leaves no room for {n} control points")
-    cs = CubicSpline(x, np.eye(n), bc_type="natural")
-    return np.asarray(cs(np.clip(t, x[0], x[-1])))
 
 
 def evaluate_grid(grid: CubicGrid, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
     """Values of a grid at normalised positions (each in [0, 1]); (N,) float64."""
-    gx, gy, gz = grid.dims
-    mx, my, mz = grid.margins
-    wx = natural_spline_weights(gx, mx, x)
-    wy = natural_spline_weights(gy, my, y)
-    wz = natural_spline_weights(gz, mz, z)
-    return np.einsum("zyx,nz,ny,nx->n", grid.values.astype(np.float64), wz, wy, wx, optimize=True)
-
-
-def _motion_grids(item: Item) -> tuple[list[CubicGrid], list[CubicGrid]]:
-    gx = [item.grids[n] for n in _MOTION_X if n in item.grids]
-    gy = [item.grids[n] for n in _MOTION_Y if n in item.grids]
-    gx += [g for n, g in sorted(item.grids.items()) if n.startswith("PyramidShiftX_")]
-    gy += [g for n, g in sorted(item.grids.items()) if n.startswith("PyramidShiftY_")]
-    return gx, gy
+    return grid.evaluate(x, y, z)
 
 
 def frame_shifts(item: Item, xy_angstrom: np.ndarray) -> np.ndarray:
-    """(N, n, 2) motion (Å) of points ``xy_angstrom`` (N, 2) in each of the item's n frames."""
+    """(N, n, 2) motion grids' values (Å) at points ``xy_angstrom`` (N, 2) in each of the
+    item's n frames: what Warp subtracts from the positions there."""
     n = item.n
     xy = np.asarray(xy_angstrom, np.float64).reshape(-1, 2)
     size = np.array([item.shape[2], item.shape[1]], np.float64) * item.imaging.pixel_size_angstrom
     norm = xy / size
     t = np.arange(n) / max(1, n - 1)
-    px = np.repeat(norm[:, 0], n)
-    py = np.repeat(norm[:, 1], n)
-    pt = np.tile(t, len(xy))
-    out = np.zeros((len(xy) * n, 2))
-    gx, gy = _motion_grids(item)
-    for k, grids in enumerate((gx, gy)):
-        for g in grids:
-            out[:, k] += evaluate_grid(g, px, py, pt)
+    out = motion_shifts(motion_grid_pairs(item.grids), np.repeat(norm[:, 0], n), np.repeat(norm[:, 1], n), np.tile(t, len(xy)))
     return out.reshape(len(xy), n, 2)
 
 

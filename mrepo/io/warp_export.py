@@ -9,7 +9,7 @@ current models put back:
   DefocusAngle, PhaseShift in π, Voltage, Cs, Amplitude, Bfactor, Scale,
   BeamTilt, Zernike coefficients); unchanged params keep their text;
 * every grid with a Warp name (``Grid*``, ``PyramidShiftX/Y_i``) from the
-  model; grids only mrepo knows (e.g. ``pyramid/...``) are not written;
+  model (mrepo writes its refined motion pyramid as ``PyramidShiftX/Y_i``, as M does); grids only mrepo knows are not written;
 * tilt series: ``Angles``, ``Dose`` (accumulated), ``UseTilt``,
   ``AxisAngle``, ``AxisOffsetX/Y``; the root ``MagnificationCorrection``.
 

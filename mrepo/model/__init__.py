@@ -5,7 +5,7 @@ Typed, validated dataclasses (DESIGN.md §1) and their layout in a repository
 """
 
 from .digests import array_content_digest, json_digest
-from .grids import CubicGrid
+from .grids import MOTION_GRID_PAIRS, CubicGrid, motion_grid_pairs, motion_shifts, natural_spline_weights, pyramid_grid_names
 from .imaging import ImagingModel
 from .item import Item
 from .particles import Particles
@@ -24,6 +24,11 @@ from .species import Species
 
 __all__ = [
     "CubicGrid",
+    "MOTION_GRID_PAIRS",
+    "motion_grid_pairs",
+    "motion_shifts",
+    "natural_spline_weights",
+    "pyramid_grid_names",
     "DataSource",
     "ImagingModel",
     "Item",

@@ -2,8 +2,18 @@
 
 A grid has ``dims`` = (X, Y, Z) control points; for frame and tilt series Z
 is time (frames or tilts). ``values`` are stored (Z, Y, X) in C order, as the
-DESIGN conventions ask. Evaluation lives in :mod:`mrepo.refine` (torch); this
-module only holds and validates the data.
+DESIGN conventions ask. Between its control points a grid is the natural
+cubic spline through them (Warp's ``CubicGrid``, einspline with natural
+boundary conditions), the points evenly spaced on ``[margin, 1 − margin]``
+along each normalised axis; :meth:`CubicGrid.evaluate` gives it in numpy
+(the refinement's differentiable torch version is
+:func:`mrepo.refine.deformation.eval_grid`).
+
+Motion (Warp, ``Movie.GetPositionInAllFrames``): the particle at ``c`` sits in
+frame f at ``c − Σ G(c/D, t_f)``, summed over the motion grids
+(:func:`motion_grid_pairs`: ``GridMovementX/Y``, ``GridLocalMovementX/Y`` and
+every ``PyramidShiftX/Y_i``), with ``D`` the frame's size in Å (width and
+height × pixel size) and ``t_f = f / (n − 1)``.
 """
 
 from __future__ import annotations
@@ -15,7 +25,55 @@ import numpy as np
 
 from ..errors import InvalidInput
 
-__all__ = ["CubicGrid"]
+__all__ = ["CubicGrid", "natural_spline_weights", "motion_grid_pairs", "motion_shifts", "MOTION_GRID_PAIRS", "pyramid_grid_names"]
+
+#: Motion grids Warp subtracts from a particle's position, in its order; then ``PyramidShiftX/Y_i``.
+MOTION_GRID_PAIRS = (("GridMovementX", "GridMovementY"), ("GridLocalMovementX", "GridLocalMovementY"))
+
+
+def natural_spline_weights(n: int, margin: float, t: np.ndarray) -> np.ndarray:
+    """(len(t), n) weights W with ``f(t) = W @ values`` for the natural cubic spline
+    through n control points at ``linspace(margin, 1 - margin, n)`` (clamped outside;
+    one point: constant; two: linear)."""
+    t = np.asarray(t, np.float64).reshape(-1)
+    if n == 1:
+        return np.ones((len(t), 1))
+    x = np.linspace(margin, 1.0 - margin, n)
+    if not np.all(np.diff(x) > 0):
+        raise InvalidInput(f"grid margin {margin} leaves no room for {n} control points")
+    tc = np.clip(t, x[0], x[-1])
+    if n == 2:
+        u = (tc - x[0]) / (x[1] - x[0])
+        return np.stack([1.0 - u, u], axis=1)
+    from scipy.interpolate import CubicSpline
+
+    return np.asarray(CubicSpline(x, np.eye(n), bc_type="natural")(tc))
+
+
+def pyramid_grid_names(index: int) -> tuple[str, str]:
+    """Names of the ``index``-th pyramid grid pair, as Warp/M write them (``PyramidShiftX[i]``)."""
+    return f"PyramidShiftX_{index}", f"PyramidShiftY_{index}"
+
+
+def motion_grid_pairs(grids: Any) -> list[tuple["CubicGrid", "CubicGrid"]]:
+    """The (x, y) motion grid pairs among ``grids`` (name -> CubicGrid), in Warp's order."""
+    out = [(grids[a], grids[b]) for a, b in MOTION_GRID_PAIRS if a in grids and b in grids]
+    idx = sorted(int(n.rsplit("_", 1)[1]) for n in grids if n.startswith("PyramidShiftX_") and n.rsplit("_", 1)[1].isdigit())
+    for i in idx:
+        a, b = pyramid_grid_names(i)
+        if b in grids:
+            out.append((grids[a], grids[b]))
+    return out
+
+
+def motion_shifts(pairs: Any, x: np.ndarray, y: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(N, 2) summed (x, y) values (Å) of motion grid pairs at normalised points: what
+    Warp subtracts from the particle positions there."""
+    out = np.zeros((len(np.asarray(x).reshape(-1)), 2))
+    for gx, gy in pairs:
+        out[:, 0] += gx.evaluate(x, y, t)
+        out[:, 1] += gy.evaluate(x, y, t)
+    return out
 
 
 @dataclass
@@ -55,6 +113,15 @@ class CubicGrid:
     @classmethod
     def zeros(cls, dims: tuple[int, int, int], unit: str = "angstrom") -> "CubicGrid":
         return cls(dims, np.zeros((dims[2], dims[1], dims[0]), np.float32), unit=unit)
+
+    def evaluate(self, x: Any, y: Any, z: Any) -> np.ndarray:
+        """(N,) float64 values at normalised positions (each in [0, 1]; z is time)."""
+        gx, gy, gz = self.dims
+        mx, my, mz = self.margins
+        wx = natural_spline_weights(gx, mx, x)
+        wy = natural_spline_weights(gy, my, y)
+        wz = natural_spline_weights(gz, mz, z)
+        return np.einsum("zyx,nz,ny,nx->n", self.values.astype(np.float64), wz, wy, wx, optimize=True)
 
     def to_meta(self) -> dict[str, Any]:
         return {"dims": list(self.dims), "margins": list(self.margins), "unit": self.unit, **({"extra": self.extra} if self.extra else {})}

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import DegenerateResult, InvalidInput, NotFound
-from ..model import CubicGrid, Particles, Population, write_item, write_population
+from ..model import CubicGrid, Particles, Population, pyramid_grid_names, write_item, write_population
 from ..store.arrays import open_view_array, write_array
 from .backprojection import Reconstructor
 from .deformation import grid_for_particles, pyramid_shapes
@@ -313,26 +313,29 @@ def apply_models(
             angles[blk.index] = refined_angles(np.asarray(p.angles)[blk.index], m.angle_delta[n].cpu(), t_out)
         sp.particles = Particles(p.items, p.item, coords.astype(np.float32), angles.astype(np.float32), p.half_set, p.extra)
     for key, (_src_name, item) in items_of.items():
-        m = models[key]
-        for level, (gx, gy) in enumerate(m.pyramid.grids):
-            nx, ny = _pyramid_grid_names(level)
-            vx, vy = gx.detach().cpu().numpy(), gy.detach().cpu().numpy()
-            dims = (vx.shape[2], vx.shape[1], vx.shape[0])
-            if nx in item.grids and item.grids[nx].dims == dims:
-                vx = vx + item.grids[nx].values
+        add_pyramid(item, models[key].pyramid)
+
+
+def add_pyramid(item: Any, pyramid: Any) -> None:
+    """Fold a refined motion pyramid into an item's grids (in place), as Warp/M's
+    ``PyramidShiftX/Y_i``: a level is added onto the first stored pyramid grid of
+    the same dims (the motion is their sum), else stored at the next free index."""
+    for gx, gy in pyramid.grids:
+        vx, vy = gx.detach().cpu().numpy(), gy.detach().cpu().numpy()
+        dims = (vx.shape[2], vx.shape[1], vx.shape[0])
+        i = 0
+        while True:
+            nx, ny = pyramid_grid_names(i)
+            old = item.grids.get(nx)
+            if old is None:
+                break
+            if old.dims == dims and old.margins == (0.0, 0.0, 0.0) and ny in item.grids:
+                vx = vx + old.values
                 vy = vy + item.grids[ny].values
-            elif nx in item.grids:  # a different pyramid: keep the old one under another name
-                k = 0
-                while f"pyramid/L{level}.{k}/x" in item.grids:
-                    k += 1
-                item.grids[f"pyramid/L{level}.{k}/x"] = item.grids.pop(nx)
-                item.grids[f"pyramid/L{level}.{k}/y"] = item.grids.pop(ny)
-            item.grids[nx] = CubicGrid(dims, vx, unit="angstrom")
-            item.grids[ny] = CubicGrid(dims, vy, unit="angstrom")
-
-
-def _pyramid_grid_names(level: int) -> tuple[str, str]:
-    return f"pyramid/L{level}/x", f"pyramid/L{level}/y"
+                break
+            i += 1
+        item.grids[nx] = CubicGrid(dims, vx, unit="angstrom")
+        item.grids[ny] = CubicGrid(dims, vy, unit="angstrom")
 
 
 def refine_repository(

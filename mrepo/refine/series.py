@@ -12,7 +12,8 @@ A particle's position in frame ``i`` is
 
 with ``λ_p`` its coordinate trajectory (T temporal control points, natural
 cubic spline in time), ``G_fixed`` the motion grids from preprocessing
-(Warp's ``GridMovementX/Y`` and ``GridLocalX/Y``) and ``G_refined`` the
+(Warp's ``GridMovementX/Y``, ``GridLocalMovementX/Y`` and the
+``PyramidShiftX/Y_i`` of earlier refinements) and ``G_refined`` the
 refined pyramid of grids (:class:`~mrepo.refine.deformation.MotionPyramid`),
 all evaluated at the particle's normalised position ``(x_p, y_p)`` in the
 field of view and the frame's normalised time ``t_i``; grids are subtracted,
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 
 from ..errors import DegenerateResult
+from ..model import motion_grid_pairs, motion_shifts
 from .aliasing import aliasing_free_box, ctf_squared_bandlimited, premultiply_ctf
 from .backprojection import Reconstructor
 from .ctf import CtfParams
@@ -76,7 +78,6 @@ __all__ = [
     "refined_angles",
 ]
 
-FIXED_GRIDS = (("GridMovementX", "GridMovementY"), ("GridLocalX", "GridLocalY"))
 
 
 # ---------------------------------------------------------------------------
@@ -91,13 +92,14 @@ class SeriesGeometry:
     width_px: int
     pixel_size_angstrom: float
     exposure_mid: np.ndarray  # (F,) e⁻/Å² at the middle of each frame
-    fixed_grids: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (Z,Y,X) Å pairs
+    fixed_grids: list[tuple[Any, Any]] = field(default_factory=list)  # (x, y) CubicGrid pairs (Å), Warp's order
 
     def normalised_xy(self, coords_angstrom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(x, y) in [0, 1] over the field of view for (N, 2+) Å coordinates."""
+        """(x, y) in [0, 1] over the field of view for (N, 2+) Å coordinates (divided by
+        the frame's size in Å, as Warp does)."""
         s = self.pixel_size_angstrom
-        x = np.asarray(coords_angstrom)[..., 0] / (s * max(1, self.width_px - 1))
-        y = np.asarray(coords_angstrom)[..., 1] / (s * max(1, self.height_px - 1))
+        x = np.asarray(coords_angstrom)[..., 0] / (s * max(1, self.width_px))
+        y = np.asarray(coords_angstrom)[..., 1] / (s * max(1, self.height_px))
         return np.clip(x, 0, 1), np.clip(y, 0, 1)
 
 
@@ -220,19 +222,14 @@ def _time_basis(n_frames: int, t_samples: int, device) -> torch.Tensor:
 
 
 def _fixed_shift(geom: SeriesGeometry, x: np.ndarray, y: np.ndarray, device) -> torch.Tensor:
-    """(Np, F, 2) shifts (Å) of the fixed preprocessing grids at particle positions."""
+    """(Np, F, 2) values (Å) of the fixed motion grids at particle positions (subtracted
+    from the positions), margins included (:meth:`mrepo.model.CubicGrid.evaluate`)."""
     n, f = len(x), geom.n_frames
-    out = torch.zeros((n, f, 2), device=device)
     if not geom.fixed_grids or n == 0:
-        return out
-    t = normalised_time(f, device=device)
-    xs = torch.as_tensor(np.repeat(x, f), device=device, dtype=torch.float32)
-    ys = torch.as_tensor(np.repeat(y, f), device=device, dtype=torch.float32)
-    ts = t.repeat(n)
-    for gx, gy in geom.fixed_grids:
-        out[..., 0] += eval_grid(torch.as_tensor(gx, device=device), xs, ys, ts).reshape(n, f)
-        out[..., 1] += eval_grid(torch.as_tensor(gy, device=device), xs, ys, ts).reshape(n, f)
-    return out
+        return torch.zeros((n, f, 2), device=device)
+    t = normalised_time(f, dtype=torch.float64).numpy()
+    v = motion_shifts(geom.fixed_grids, np.repeat(x, f), np.repeat(y, f), np.tile(t, n))
+    return torch.as_tensor(v.reshape(n, f, 2), dtype=torch.float32, device=device)
 
 
 def series_positions(
@@ -314,16 +311,7 @@ def extract_series(
     im = item.imaging
     pix = float(im.pixel_size_angstrom)
     f, h, w = (int(s) for s in frames.shape)
-    fixed = []
-    for gxn, gyn in FIXED_GRIDS:
-        if gxn in item.grids and gyn in item.grids:
-            fixed.append((item.grids[gxn].values, item.grids[gyn].values))
-    for name in sorted(item.grids):
-        if name.startswith("pyramid/") and name.endswith("/x"):
-            other = name[:-1] + "y"
-            if other in item.grids:
-                fixed.append((item.grids[name].values, item.grids[other].values))
-    geom = SeriesGeometry(f, h, w, pix, np.asarray(item.exposure_mid, float), fixed)
+    geom = SeriesGeometry(f, h, w, pix, np.asarray(item.exposure_mid, float), motion_grid_pairs(item.grids))
     blocks: dict[str, SpeciesBlock] = {}
     power_sum: dict[int, torch.Tensor] = {}
     power_n: dict[int, int] = {}

@@ -13,13 +13,13 @@ Frame series
   interpolated component by component.
 * Position of particle p in frame i (Å):
   ``λ_p(t_i) − Σ_grids G(x̂_p, ŷ_p, t_i)``, the grids (the item's
-  ``GridMovementX/Y``, ``GridLocalX/Y``, ``pyramid/<level>/x|y`` and, in the
+  ``GridMovementX/Y``, ``GridLocalMovementX/Y``, ``PyramidShiftX/Y_i`` and, in the
   ground truth, the true pyramid) evaluated at the particle's first
   control point, normalised over the field of view:
-  ``x̂ = x / (s (W − 1))``, ``ŷ = y / (s (H − 1))``, clipped to [0, 1].
+  ``x̂ = x / (s W)``, ``ŷ = y / (s H)``, clipped to [0, 1].
   A positive grid value moves the particle towards −x / −y: this is Warp's
   convention (``Movie.GetPositionInAllFrames`` subtracts ``GridMovementX/Y``,
-  ``GridLocalX/Y`` and ``PyramidShiftX/Y``), so grids read from or written to
+  ``GridLocalMovementX/Y`` and ``PyramidShiftX/Y``), so grids read from or written to
   Warp/M XML mean the same thing here.
 * Orientation: RELION's ZYZ Euler angles of the matrix ``A`` that maps map
   coordinates to image coordinates (:mod:`mrepo.refine.euler`).
@@ -49,7 +49,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..refine.deformation import eval_grid, normalised_time, spline_basis
+from ..model import CubicGrid, motion_grid_pairs, motion_shifts
+from ..refine.deformation import normalised_time, spline_basis
 from ..refine.euler import euler_to_matrix, matrix_to_euler
 from ..refine.symmetry import symmetry_matrices
 
@@ -70,7 +71,6 @@ __all__ = [
     "matrices",
 ]
 
-MOTION_GRID_PAIRS = (("GridMovementX", "GridMovementY"), ("GridLocalX", "GridLocalY"))
 
 
 def time_basis(n_frames: int, samples: int) -> np.ndarray:
@@ -85,38 +85,31 @@ def interp_trajectory(values: np.ndarray, n_frames: int) -> np.ndarray:
 
 
 def normalised_xy(coords_angstrom: np.ndarray, shape_px: Sequence[int], pixel_size_angstrom: float) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised (x̂, ŷ) in [0, 1] of (…, 2+) Å coordinates in a (…, H, W) image."""
+    """Normalised (x̂, ŷ) in [0, 1] of (…, 2+) Å coordinates in a (…, H, W) image: divided by
+    the image's size in Å (W·s, H·s), as Warp does (``coords / ImageDimensionsPhysical``)."""
     h, w = int(shape_px[-2]), int(shape_px[-1])
     c = np.asarray(coords_angstrom, np.float64)
-    x = c[..., 0] / (pixel_size_angstrom * max(1, w - 1))
-    y = c[..., 1] / (pixel_size_angstrom * max(1, h - 1))
+    x = c[..., 0] / (pixel_size_angstrom * max(1, w))
+    y = c[..., 1] / (pixel_size_angstrom * max(1, h))
     return np.clip(x, 0.0, 1.0), np.clip(y, 0.0, 1.0)
 
 
-def item_motion_grids(item) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The (x, y) motion grid pairs (values (Z, Y, X), Å) stored in an item, in evaluation order."""
-    out = []
-    for gx, gy in MOTION_GRID_PAIRS:
-        if gx in item.grids and gy in item.grids:
-            out.append((item.grids[gx].values, item.grids[gy].values))
-    for name in sorted(item.grids):
-        if name.startswith("pyramid/") and name.endswith("/x"):
-            other = name[:-1] + "y"
-            if other in item.grids:
-                out.append((item.grids[name].values, item.grids[other].values))
-    return out
+def item_motion_grids(item) -> list[tuple[CubicGrid, CubicGrid]]:
+    """The (x, y) motion grid pairs of an item, in Warp's order (:func:`mrepo.model.motion_grid_pairs`)."""
+    return motion_grid_pairs(item.grids)
 
 
-def eval_grid_pairs(grids: Sequence[tuple[np.ndarray, np.ndarray]], x: np.ndarray, y: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """(M, 2) summed (dx, dy) of grid pairs at normalised points (float64)."""
-    out = np.zeros((len(x), 2))
-    if len(x) == 0:
-        return out
-    xs, ys, ts = (torch.as_tensor(np.asarray(a, np.float64)) for a in (x, y, t))
-    for gx, gy in grids:
-        out[:, 0] += eval_grid(torch.as_tensor(np.asarray(gx, np.float64)), xs, ys, ts).numpy()
-        out[:, 1] += eval_grid(torch.as_tensor(np.asarray(gy, np.float64)), xs, ys, ts).numpy()
-    return out
+def _as_grid(g) -> CubicGrid:
+    if isinstance(g, CubicGrid):
+        return g
+    v = np.asarray(g)
+    return CubicGrid((v.shape[2], v.shape[1], v.shape[0]), v)
+
+
+def eval_grid_pairs(grids: Sequence[tuple], x: np.ndarray, y: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(M, 2) summed (x, y) values of grid pairs (CubicGrids, or (Z, Y, X) value arrays without
+    margins) at normalised points (float64)."""
+    return motion_shifts([(_as_grid(gx), _as_grid(gy)) for gx, gy in grids], np.asarray(x), np.asarray(y), np.asarray(t))
 
 
 def frame_positions(coords: np.ndarray, n_frames: int, shape_px: Sequence[int], pixel_size_angstrom: float,

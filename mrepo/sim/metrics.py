@@ -34,7 +34,7 @@ def frame_position_errors(pop: Population, truth: Truth, species: str | Iterable
     """(M, 2) position errors (Å) of every particle in every frame of every frame series.
 
     Positions follow :mod:`mrepo.sim.geometry`: trajectory plus the item's motion grids
-    (``GridMovementX/Y``, ``GridLocalX/Y``, ``pyramid/*``) for the population, the true
+    (``GridMovementX/Y``, ``GridLocalMovementX/Y``, ``PyramidShiftX/Y_i``) for the population, the true
     trajectory plus the true pyramid for the truth. With ``subtract_mean``, each particle's
     mean error over its frames is removed (what is left is motion, not a static offset).
     """

@@ -269,11 +269,11 @@ def load_truth(out_dir: str | os.PathLike[str]) -> Truth:
 
 def truth_population(pop: Any, truth: Truth) -> Any:
     """A copy of ``pop`` whose frame-series items and particles carry the TRUE
-    parameters (motion as ``pyramid/L<k>`` grids, poses, CTF): reconstructing
+    parameters (motion as ``PyramidShiftX/Y_<level>`` grids, poses, CTF): reconstructing
     it gives the "oracle" maps a perfect refinement would reach."""
     import copy
 
-    from ..model import CubicGrid
+    from ..model import MOTION_GRID_PAIRS, CubicGrid, pyramid_grid_names
 
     out = copy.deepcopy(pop)
     for name, p in truth.particles.items():
@@ -283,12 +283,14 @@ def truth_population(pop: Any, truth: Truth) -> Any:
         if it.kind != "frames" or it.name not in truth.items:
             continue
         t = truth.items[it.name]
+        motion = {n for pair in MOTION_GRID_PAIRS for n in pair}
         for k in list(it.grids):
-            if k.startswith(("GridMovement", "GridLocal", "pyramid/")):
+            if k in motion or k.startswith("PyramidShift"):
                 del it.grids[k]
         for level, (gx, gy) in enumerate(t.motion):
             dims = (gx.shape[2], gx.shape[1], gx.shape[0])
-            it.grids[f"pyramid/L{level}/x"] = CubicGrid(dims, gx)
-            it.grids[f"pyramid/L{level}/y"] = CubicGrid(dims, gy)
+            nx, ny = pyramid_grid_names(level)
+            it.grids[nx] = CubicGrid(dims, gx)
+            it.grids[ny] = CubicGrid(dims, gy)
         it.imaging = t.item.imaging
     return out

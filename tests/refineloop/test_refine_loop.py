@@ -59,7 +59,7 @@ def test_refine_reduces_motion_error_and_commits(work, cli):
     assert repo.verify("HEAD") == []
     sp = refined.species["large"]
     assert sp.resolution_angstrom == pytest.approx(large.resolution_after)
-    assert any(k.startswith("pyramid/") for _s, it in refined.items() if it.kind == "frames" for k in it.grids)
+    assert any(k.startswith("PyramidShiftX_") for _s, it in refined.items() if it.kind == "frames" for k in it.grids)
     log = cli("log", "--oneline", "-n", "1", cwd=work, check=True).stdout
     assert "Refine motion+poses" in log and "large" in log
     # unchanged chunks are not stored again: the raw frames are the parent's

@@ -32,8 +32,8 @@ def _oracle(pop, truth):
             true = truth.items[name]
             grids = {}
             for k, (gx, gy) in enumerate(true.motion):
-                grids[f"pyramid/L{k}/x"] = CubicGrid(gx.shape[::-1], gx)
-                grids[f"pyramid/L{k}/y"] = CubicGrid(gy.shape[::-1], gy)
+                grids[f"PyramidShiftX_{k}"] = CubicGrid(gx.shape[::-1], gx)
+                grids[f"PyramidShiftY_{k}"] = CubicGrid(gy.shape[::-1], gy)
             src.items[name] = dataclasses.replace(it, grids=grids, imaging=true.item.imaging)
     return pop
 
