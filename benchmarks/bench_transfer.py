@@ -8,7 +8,8 @@ Two repositories are generated:
 
 For each, measured in this run:
 
-- ``mrepo push`` to a fresh path repository and ``mrepo clone`` from it;
+- ``mrepo push`` to a fresh path repository and ``mrepo clone`` from it
+  (chunks travel in packs; the files each chunk store ends with are counted);
 - ``mrepo push`` to a repository whose chunks live in an S3-compatible
   server on 127.0.0.1 (moto, started here) and ``mrepo clone`` from it;
 - bytes sent by a push after a refinement that changed 5% of the chunks
@@ -182,7 +183,13 @@ def bench_mrepo(work: Path, seed, total: int, label: str, chunk_url: str | None)
     lazy = clone(str(hub.path), work / f"lazy-{label}", chunks=chunk_url, lazy=True)
     t_lazy = time.perf_counter() - t0
     return {"push_s": t_push, "clone_s": t_clone, "push": res.chunks, "clone": cs, "hub": hub,
-            "lazy_s": t_lazy, "lazy_bytes": du(lazy.gitdir), "full_bytes": du(c.gitdir)}
+            "lazy_s": t_lazy, "lazy_bytes": du(lazy.gitdir), "full_bytes": du(c.gitdir),
+            "hub_files": count_files(hub.chunks.root), "clone_files": count_files(c.chunks.root)}
+
+
+def count_files(root: Path) -> int:
+    """Files of a chunk store (loose chunks, packs and their indexes; not tmp/)."""
+    return sum(len(files) for d, _dirs, files in os.walk(root) if Path(d).name != "tmp")
 
 
 def bench_git(work: Path, plain: Path) -> dict:
@@ -277,6 +284,8 @@ def main() -> None:
             for label, r in results.items():
                 print(f"  mrepo push  -> {label:<5} {fmt_rate(total, r['push_s'])}  [{r['push'].requests} requests, {r['push'].packs} packs]")
                 print(f"  mrepo clone <- {label:<5} {fmt_rate(total, r['clone_s'])}  [{r['clone'].requests} requests]")
+                if label == "path":
+                    print(f"    files in the chunk store: remote {r['hub_files']}, clone {r['clone_files']} (for {n_chunks} chunks)")
                 print(f"  mrepo clone --lazy <- {label:<5} {r['lazy_s']:6.2f} s, {r['lazy_bytes'] / MB:.2f} MB on disk "
                       f"(full clone: {r['full_bytes'] / MB:.1f} MB)")
             g = None if args.skip_git else bench_git(d, plain)

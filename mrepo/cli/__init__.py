@@ -59,6 +59,11 @@ class MrepoGroup(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:
+            # the reader went away (`mrepo log | head`): stop quietly, as git does
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(141)
         except OSError as e:
             if _DEBUG:
                 raise
@@ -229,6 +234,8 @@ def status(ctx: click.Context) -> None:
     where = f"On branch {st.branch}" if st.branch else "HEAD detached"
     head = f" at {st.head.id[:12]} \"{st.head.summary}\"" if st.head else " (no commits yet)"
     click.echo(where + head)
+    for line in _pending_merge_lines(repo, st.head.id if st.head else None):
+        click.echo(line)
     if st.head:
         from ..io.describe import has_population, population_lines
         from ..model import read_population
@@ -243,6 +250,32 @@ def status(ctx: click.Context) -> None:
     click.echo("Changes to be committed:")
     for c in st.changes:
         click.echo("  " + _fmt_change(c))
+
+
+def _pending_merge_lines(repo, head: str | None) -> list[str]:
+    """What `status` says of a merge left pending with conflicts (docs/remotes.md §5)."""
+    if not (repo.mrepo_dir / "MERGE_STATE.json").exists():  # checked first: collab is slow to import
+        return []
+    from ..collab.merge import merge_state
+
+    try:
+        state = merge_state(repo)
+    except MrepoError as e:
+        return [f"A merge is in progress, but its state is unreadable ({e.message}); run `mrepo merge --abort`"]
+    if not state:
+        return []
+    theirs = str(state.get("theirs") or "")
+    rev = state.get("rev") or theirs[:12]
+    conflicts = list(state.get("conflicts") or [])
+    n = len(conflicts)
+    out = [f"Merge in progress: merging {rev} ({theirs[:12]}), {n} conflict{'s' if n != 1 else ''} pending resolution:"]
+    out += [f"  conflict: {c}" for c in conflicts]
+    if head is not None and state.get("ours") not in (None, head):
+        out.append("  the branch moved since the merge started: run `mrepo merge --abort` and merge again")
+    else:
+        out.append("  resolve with `mrepo merge --ours OBJECT` or `--theirs OBJECT` (OBJECT: species/NAME, item/SRC/ITEM or all), "
+                   "or give up with `mrepo merge --abort`")
+    return out
 
 
 def _decorations(repo) -> dict[str, list[str]]:
@@ -352,6 +385,12 @@ def show(ctx: click.Context, spec: str) -> None:
 
         lines = describe_path(snap, path)
         if lines is not None:
+            parts = path.strip("/").split("/")
+            if len(parts) == 2 and parts[0] == "species":
+                from ..model import read_population
+                from ..refine.denoise import describe_denoiser
+
+                lines = lines + describe_denoiser(read_population(snap, grids=False).species[parts[1]], snap)
             for line in lines:
                 click.echo(line)
             return
@@ -531,17 +570,19 @@ def export_array(ctx: click.Context, spec: str, out: str) -> None:
 
 
 @main.command()
+@click.option("--fetch", "fetch_missing", is_flag=True, help="In a lazy clone, fetch and check chunks that are only promised by the remote.")
 @click.pass_context
-def fsck(ctx: click.Context) -> None:
+def fsck(ctx: click.Context, fetch_missing: bool) -> None:
     """Verify every object and chunk reachable from every ref."""
     repo = _repo(ctx)
-    rep = repo.fsck()
+    rep = repo.fsck(fetch_missing=fetch_missing)
     for p in rep.problems:
         click.echo(f"error: {p}", err=True)
     click.echo(
         f"checked {rep.refs} refs, {rep.commits} commits, {rep.trees} trees, {rep.blobs} blobs, "
-        f"{rep.chunks} chunks ({human_bytes(rep.chunk_bytes)}): "
-        + ("ok" if rep.ok else f"{len(rep.problems)} problems")
+        f"{rep.chunks} chunks ({human_bytes(rep.chunk_bytes)})"
+        + (f", {rep.promised_chunks} promised by the remote (lazy clone; --fetch to check them)" if rep.promised_chunks else "")
+        + ": " + ("ok" if rep.ok else f"{len(rep.problems)} problems")
     )
     if not rep.ok:
         ctx.exit(1)
@@ -576,13 +617,22 @@ def gc(ctx: click.Context, grace: str, dry_run: bool) -> None:
 
 @main.command()
 @click.argument("directory", default="mrepo-demo")
-@click.option("--size", default="small", type=click.Choice(["tiny", "small"]), show_default=True)
+@click.option("--preset", default="small", type=click.Choice(["tiny", "small"]), show_default=True, help="Size of the simulated population.")
+@click.option("--iterations", default=3, show_default=True, type=int, help="Refinement iterations.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--tour", is_flag=True, help="Instead: a tour of the storage commands on generated data.")
 @click.pass_context
-def demo(ctx: click.Context, directory: str, size: str) -> None:
-    """Walk through mrepo on generated data: init, add, commit, log, show, diff, export, fsck."""
-    from ..demo import run_demo
+def demo(ctx: click.Context, directory: str, preset: str, iterations: int, seed: int, device: str, tour: bool) -> None:
+    """The main job on an embedded default: simulate a population with known
+    truth, refine it, and compare start, refined and oracle (true-parameter)
+    reconstructions; or, with --tour, walk through the storage commands."""
+    from ..demo import run_demo, run_store_tour
 
-    run_demo(Path(ctx.obj["dir"]) / directory, size=size, echo=click.echo)
+    if tour:
+        run_store_tour(Path(ctx.obj["dir"]) / directory, size=preset, echo=click.echo, seed=seed)
+    else:
+        run_demo(Path(ctx.obj["dir"]) / directory, preset=preset, iterations=iterations, seed=seed, device=device, echo=click.echo)
 
 
 # command groups that live in their own modules

@@ -1,9 +1,9 @@
 """Sharing populations: remotes, clone/fetch/pull/push, merge, species requests.
 
 History travels as git objects (dulwich: a path repository or a git server);
-chunks travel beside it in packs (a directory or an S3-compatible object
-store) or between chunk stores of path repositories, only those the other
-side lacks, in parallel, each verified by its BLAKE3 digest on arrival.
+chunks travel beside it in packs (into a directory, an S3-compatible object
+store, or the chunk store of a path repository), only those the other side
+lacks, in parallel, each verified by its BLAKE3 digest on arrival.
 See docs/remotes.md (format) and docs/howto-collab.md (workflows).
 """
 

@@ -9,6 +9,9 @@ of the store's filesystem, renames them into place and fsyncs the fan-out
 directories. A chunk is therefore never visible under its name before its
 bytes are durable, and an interruption leaves only temporary files (removed
 by ``gc``). Callers verify every chunk against its digest before adding it.
+
+Transfers now write packs (:meth:`mrepo.store.chunks.ChunkStore.pack_writer`);
+this writer remains for callers that want loose files.
 """
 
 from __future__ import annotations

@@ -10,7 +10,11 @@ Two kinds of chunk remote share one interface (:class:`ChunkRemote`):
   ``.git/mrepo/remotes/<name>/idx/`` so that "what does the remote have"
   costs one listing and the new indexes only.
 - :class:`RepoChunks`: the chunk store of an mrepo repository on a path
-  (local or network filesystem): files are read and written in parallel.
+  (local or network filesystem). Pushes write packs (the same format) into
+  that repository's chunk store (``.git/mrepo/chunks/packs/``), so the
+  repository reads them itself (loose or packed, verified); fetches read
+  its packs with a few large coalesced reads, and its loose chunk files
+  (written by its own commits, or by older mrepo) in parallel.
 
 Nothing a remote sends is trusted: every chunk is verified against its
 BLAKE3 digest on arrival, before it is stored; a mismatch, a truncated pack
@@ -31,9 +35,9 @@ from pathlib import Path
 
 from ..errors import CorruptObject, InvalidInput, MrepoError, NotFound
 from ..store.atomic import fsync_dir
-from ..store.chunks import ChunkStore
-from ..store.digest import blake3_hex, is_digest
-from .packs import PackIndex, build_pack, pack_names, parse_index
+from ..store.chunks import ChunkStore, _run_all
+from ..store.digest import blake3_hex
+from .packs import PackIndex, build_pack, coalesce, pack_names, parse_index
 from .remotes import ChunkURL, environ_flag
 
 __all__ = [
@@ -105,6 +109,21 @@ def parallel_each(fn: Callable, items: Sequence, threads: int | None = None) -> 
 
 def _pack_bytes() -> int:
     return environ_flag("MREPO_PACK_BYTES", 32 << 20)
+
+
+def pack_groups(chunks: Mapping[str, int], target: int | None = None) -> list[list[str]]:
+    """Split ``chunks`` (digest -> size, in the order to keep: an array's
+    chunks together) into groups of about ``target`` bytes, one pack each."""
+    target = target or _pack_bytes()
+    groups: list[list[str]] = [[]]
+    size = 0
+    for d, n in chunks.items():
+        if groups[-1] and size + n > target:
+            groups.append([])
+            size = 0
+        groups[-1].append(d)
+        size += n
+    return [g for g in groups if g]
 
 
 # ---------------------------------------------------------------------------
@@ -390,19 +409,10 @@ class PackStore(ChunkRemote):
     # -- upload ------------------------------------------------------------------
     def upload(self, local: ChunkStore, chunks: Mapping[str, int], progress: Progress = None) -> TransferStats:
         stats = TransferStats()
-        target = _pack_bytes()
-        groups: list[list[str]] = [[]]
-        size = 0
-        for d, n in chunks.items():
-            if groups[-1] and size + n > target:
-                groups.append([])
-                size = 0
-            groups[-1].append(d)
-            size += n
-        groups = [g for g in groups if g]
 
         def send(group: list[str]) -> None:
-            data = [(d, local.get(d)) for d in group]
+            got = local.get_many(group, threads=2)  # verified reads (a lazy repository fetches what it lacks)
+            data = [(d, got[d]) for d in group]
             pack_id, pack, idx = build_pack(data)
             pname, iname = pack_names(pack_id)
             idx_bytes = idx.to_bytes()
@@ -415,9 +425,7 @@ class PackStore(ChunkRemote):
             if progress:
                 progress(nbytes)
 
-        with ThreadPoolExecutor(max_workers=min(_threads(), max(1, len(groups)))) as pool:
-            for f in [pool.submit(send, g) for g in groups]:
-                f.result()
+        _run_all(send, pack_groups(chunks), _threads())
         return stats
 
     # -- download --------------------------------------------------------------
@@ -436,29 +444,7 @@ class PackStore(ChunkRemote):
         for d in want:
             pid, off, size = self._where[d]
             by_pack.setdefault(pid, []).append((off, size, d))
-        gap = 1 << 20
-        max_run = 16 << 20
-        tasks: list[tuple[str, list[tuple[int, int, list[tuple[int, int, str]]]]]] = []
-        for pid, items in by_pack.items():
-            items.sort()
-            runs: list[tuple[int, int, list[tuple[int, int, str]]]] = []
-            for off, size, d in items:
-                if runs and off - runs[-1][1] <= gap and off + size - runs[-1][0] <= max_run:
-                    s, _, members = runs[-1]
-                    runs[-1] = (s, max(runs[-1][1], off + size), members + [(off, size, d)])
-                else:
-                    runs.append((off, off + size, [(off, size, d)]))
-            # several runs per request: bounded request size
-            batch: list[tuple[int, int, list[tuple[int, int, str]]]] = []
-            total = 0
-            for r in runs:
-                if batch and total + (r[1] - r[0]) > max_run:
-                    tasks.append((pid, batch))
-                    batch, total = [], 0
-                batch.append(r)
-                total += r[1] - r[0]
-            if batch:
-                tasks.append((pid, batch))
+        tasks = [(pid, batch) for pid, items in by_pack.items() for batch in coalesce(items)]
 
         def get(task: tuple[str, list[tuple[int, int, list[tuple[int, int, str]]]]]) -> None:
             pid, runs = task
@@ -478,9 +464,7 @@ class PackStore(ChunkRemote):
             if progress:
                 progress(nbytes)
 
-        with ThreadPoolExecutor(max_workers=min(_threads(), max(1, len(tasks)))) as pool:
-            for f in [pool.submit(get, t) for t in tasks]:
-                f.result()
+        _run_all(get, tasks, _threads())
         stats.packs = len(by_pack)
         return stats
 
@@ -497,71 +481,69 @@ class PackStore(ChunkRemote):
 
 
 class RepoChunks(ChunkRemote):
-    """The chunk store of an mrepo repository on a (network) filesystem path."""
+    """The chunk store of an mrepo repository on a (network) filesystem path.
+
+    Chunks go there as packs (docs/remotes.md §2.4): a push writes a few
+    packs and their indexes into ``.git/mrepo/chunks/packs/``; the
+    repository reads them as its own. Reads take packed chunks with a few
+    large coalesced reads and loose chunk files (that repository's own
+    commits, or remotes written by older mrepo) one by one, in parallel.
+    Every chunk is verified on arrival; the remote's indexes are checked
+    (a damaged one stops the transfer)."""
 
     def __init__(self, path: Path) -> None:
         from ..store.repository import open_repo
 
         self.url = str(path)
-        self.repo = open_repo(path, search_parents=False)
-        self.store = ChunkStore(self.repo.mrepo_dir / "chunks")  # no fetcher: only what is there
+        root = open_repo(path, search_parents=False).mrepo_dir / "chunks"
+        self.store = ChunkStore(root, strict_packs=True)  # no fetcher: only what is there
 
     def available(self, digests: Iterable[str], *, refresh: bool = True) -> set[str]:
         digests = list(digests)
-        flags = parallel_each(self.store.has, digests)
-        return {d for d, f in zip(digests, flags) if f}
+        lacking = set(self.store.missing(digests, threads=_threads()))
+        return {d for d in digests if d not in lacking}
 
     def promised(self, digest: str) -> bool:
-        return self.store.has(digest)
+        try:
+            return self.store.has(digest)
+        except MrepoError:
+            return False
 
     def upload(self, local: ChunkStore, chunks: Mapping[str, int], progress: Progress = None) -> TransferStats:
-        from .bulk import BulkChunkWriter
-
         stats = TransferStats()
-        with BulkChunkWriter(self.store) as writer:
 
-            def send(d: str) -> None:
-                data = local.get(d)
-                writer.add(d, data)
-                stats.add(chunks=1, nbytes=len(data), requests=1)
-                if progress:
-                    progress(len(data))
+        def send(group: list[str]) -> None:
+            got = local.get_many(group, threads=2)  # verified reads (a lazy repository fetches what it lacks)
+            idx = self.store.write_pack([(d, got[d]) for d in group])
+            nbytes = sum(len(got[d]) for d in group)
+            stats.add(chunks=len(group), nbytes=nbytes, packs=1, requests=2, wire=idx.pack_size + len(idx.to_bytes()))
+            if progress:
+                progress(nbytes)
 
-            parallel_each(send, list(chunks))
+        _run_all(send, pack_groups(chunks), _threads())
         return stats
 
     def download(self, digests: Iterable[str], sink: ChunkSink, progress: Progress = None) -> TransferStats:
         stats = TransferStats()
 
-        root = str(self.store.root)
-
-        def get(d: str) -> None:
-            if not is_digest(d):
-                raise CorruptObject("malformed chunk digest", d)
-            try:
-                with open(f"{root}/{d[:2]}/{d[2:]}", "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                raise NotFound("chunk missing in the remote repository", d) from None
-            _verify(d, data, self.url)
+        def take(d: str, data: bytes) -> None:
             sink(d, data)
-            stats.add(chunks=1, nbytes=len(data), requests=1)
+            stats.add(chunks=1, nbytes=len(data), wire=0)
             if progress:
                 progress(len(data))
 
-        parallel_each(get, list(dict.fromkeys(digests)))
+        try:
+            reads, wire, packs = self.store.read_many(digests, take, fetch=False, threads=_threads())
+        except NotFound as e:
+            raise NotFound("chunk missing in the remote repository", e.obj) from None
+        stats.requests, stats.wire, stats.packs = reads, wire, packs
         return stats
 
     def fetch(self, digests: Sequence[str]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        lock = threading.Lock()
-
-        def sink(d: str, data: bytes) -> None:
-            with lock:
-                out[d] = data
-
-        self.download(digests, sink)
-        return out
+        try:
+            return self.store.get_many(digests, fetch=False, threads=_threads())
+        except NotFound as e:
+            raise NotFound("chunk missing in the remote repository", e.obj) from None
 
 
 def open_chunk_remote(cu: ChunkURL, cache_dir: Path | None = None) -> ChunkRemote:

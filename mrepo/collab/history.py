@@ -32,14 +32,9 @@ ZERO = "0" * 40
 def release_packs(objects) -> None:
     """Close the dulwich pack store a GitObjects opened (it reopens on demand),
     so pack files are released now rather than at interpreter exit."""
-    lock = getattr(objects, "_pack_lock", None)
-    if lock is None:
-        return
-    with lock:
-        store = objects._store
-        if store is not None:
-            store.close()
-            objects._store = None
+    close = getattr(objects, "close", None)
+    if close is not None:
+        close()
 
 
 def copy_objects(src, dst, wants: Iterable[str], *, pack_threshold: int = 32) -> tuple[int, int]:

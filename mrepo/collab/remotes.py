@@ -14,7 +14,7 @@ repository URL               history travels through
 ===========================  ==============================================
 chunk URL                    chunks travel as
 ===========================  ==============================================
-(none, path repository)      files of that repository's chunk store
+(none, path repository)      packs in that repository's own chunk store
 ``/path`` or ``file:///p``   packs in a directory (a pack store)
 ``s3://bucket/prefix``       packs in an S3-compatible object store
 ===========================  ==============================================

@@ -14,7 +14,6 @@ content-addressed); refs only ever point at complete states.
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import sys
@@ -204,27 +203,22 @@ def _local_tips(repo) -> list[str]:
 
 
 def _missing_locally(repo, digests: Iterable[str]) -> list[str]:
-    from .chunkremote import parallel_each
+    """Those of ``digests`` this repository has neither in a pack nor loose."""
+    from .chunkremote import _threads
 
-    digests = list(digests)
-    if not digests:
-        return []
-    root = str(repo.chunks.root)
-    if not any(len(n) == 2 for n in os.listdir(root)):
-        return digests  # an empty store (a new clone) has none of them
-    exists = os.path.exists
-    flags = parallel_each(lambda d: exists(f"{root}/{d[:2]}/{d[2:]}"), digests)
-    return [d for d, f in zip(digests, flags) if not f]
+    return repo.chunks.missing(digests, threads=_threads())
 
 
 def download_chunks(repo, cr: ChunkRemote, digests: Iterable[str], progress: Progress = None) -> TransferStats:
-    """Fetch ``digests`` from ``cr`` into the repository's chunk store (verified)."""
-    from .bulk import BulkChunkWriter
+    """Fetch ``digests`` from ``cr`` into the repository's chunk store, as
+    packs (each chunk verified on arrival; packs completed before an
+    interruption stay, and a re-run skips their chunks)."""
+    from .chunkremote import _pack_bytes
 
     want = list(digests)
     if not want:
         return TransferStats()
-    with BulkChunkWriter(repo.chunks) as writer:
+    with repo.chunks.pack_writer(_pack_bytes()) as writer:
         return cr.download(want, writer.add, progress)
 
 

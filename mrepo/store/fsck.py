@@ -45,7 +45,8 @@ class FsckReport:
 
 
 def fsck(repo, *, progress: Callable[[int], None] | None = None, fetch_missing: bool = False) -> FsckReport:
-    """Verify refs, commits, trees, blobs (SHA-1) and chunks (BLAKE3, size).
+    """Verify refs, commits, trees, blobs (SHA-1) and chunks (BLAKE3, size),
+    loose or packed, and the indexes of the chunk store's packs.
 
     In a repository with a chunk fetcher (a lazy clone), a chunk that is
     absent here but promised by the fetcher is counted in
@@ -182,4 +183,7 @@ def fsck(repo, *, progress: Callable[[int], None] | None = None, fetch_missing: 
             if progress:
                 progress(size)
     rep.promised_chunks = len(promised)
+    # packs of the chunk store: a damaged index, or a pack missing or cut short
+    for kind, obj, message in repo.chunks.pack_problems():
+        rep.problems.append(FsckProblem(kind, obj, "chunk store", message))
     return rep

@@ -1,4 +1,12 @@
-"""Garbage collection of chunks that no ref, and no staged transaction, reaches."""
+"""Garbage collection of chunks that no ref, and no staged transaction, reaches.
+
+Loose chunks are removed one by one. A pack is immutable: one whose chunks
+are all unreachable is dropped (index first); one that still holds reachable
+chunks is rewritten: its reachable chunks, read and verified, go into a new
+pack, committed by its index before the old pack is dropped, so every
+reachable chunk stays readable at every instant. The grace period of a pack
+is measured from its mtime (a writer that reuses a packed chunk refreshes it).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +32,8 @@ class GcReport:
     kept_recent_chunks: int = 0
     kept_recent_bytes: int = 0
     removed_temp_files: int = 0
+    dropped_packs: int = 0  # packs removed (no reachable chunk left)
+    rewritten_packs: int = 0  # packs rewritten without their unreachable chunks
     dry_run: bool = False
 
 
@@ -97,7 +107,7 @@ def gc(repo, *, grace_seconds: float = DEFAULT_GRACE_SECONDS, dry_run: bool = Fa
         keep = reachable_chunks(repo)
         rep.reachable_chunks = len(keep)
         now = time.time()
-        for digest in list(repo.chunks.iter_digests()):
+        for digest in list(repo.chunks.iter_loose_digests()):
             if digest in keep:
                 continue
             p = repo.chunks.path(digest)
@@ -113,8 +123,36 @@ def gc(repo, *, grace_seconds: float = DEFAULT_GRACE_SECONDS, dry_run: bool = Fa
             rep.freed_bytes += st.st_size
             if not dry_run:
                 repo.chunks.delete(digest)
+        _gc_packs(repo.chunks, keep, rep, now, grace_seconds, dry_run)
         for p in repo.chunks.stale_temp_files(max(grace_seconds, 3600.0) if grace_seconds > 0 else 0):
             rep.removed_temp_files += 1
             if not dry_run:
                 p.unlink(missing_ok=True)
     return rep
+
+
+def _gc_packs(store, keep: set[str], rep: GcReport, now: float, grace_seconds: float, dry_run: bool) -> None:
+    for pid, idx in sorted(store.packs().items()):
+        try:
+            st = store.pack_path(pid).stat()
+        except FileNotFoundError:
+            continue  # an index without its pack: fsck reports it, gc leaves it
+        digests = idx.digests_hex()
+        sizes = idx.entries["size"].tolist()
+        dead = [(d, n) for d, n in zip(digests, sizes) if d not in keep]
+        if not dead:
+            continue
+        if now - st.st_mtime < grace_seconds:
+            rep.kept_recent_chunks += len(dead)
+            rep.kept_recent_bytes += sum(n for _, n in dead)
+            continue
+        rep.removed_chunks += len(dead)
+        rep.freed_bytes += sum(n for _, n in dead)
+        if len(dead) == len(digests):
+            rep.dropped_packs += 1
+            if not dry_run:
+                store.drop_pack(pid)
+        else:
+            rep.rewritten_packs += 1
+            if not dry_run:
+                store.repack(pid, [d for d in digests if d in keep])

@@ -12,6 +12,7 @@ import hashlib
 import os
 import threading
 import uuid
+import weakref
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -57,13 +58,29 @@ class GitObjects:
         self._dirty_dirs: set[str] = set()
         self._lock = threading.Lock()
         self._pack_lock = threading.RLock()  # dulwich's pack store is not thread-safe
+        self._closer: weakref.finalize | None = None
 
     @property
     def dulwich_store(self) -> DiskObjectStore:
         with self._pack_lock:
             if self._store is None:
-                self._store = DiskObjectStore(str(self.objects_dir))
+                store = DiskObjectStore(str(self.objects_dir))
+                # its pack files are closed when this object goes, or at exit
+                # (before the interpreter tears its modules down), never later
+                self._closer = weakref.finalize(self, store.close)
+                self._store = store
             return self._store
+
+    def close(self) -> None:
+        """Release the pack files dulwich holds open (reopened on demand)."""
+        with self._pack_lock:
+            store, self._store = self._store, None
+            closer = getattr(self, "_closer", None)
+            self._closer = None
+        if closer is not None:
+            closer.detach()
+        if store is not None:
+            store.close()
 
     # -- writing -----------------------------------------------------------
     def write(self, obj: ShaFile) -> str:

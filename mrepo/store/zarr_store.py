@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,11 @@ from .snapshot import Entry
 
 __all__ = ["MrepoStore"]
 
-_REPOS: dict[str, Any] = {}
+# One Repository per path, shared by the stores open on it, and only while
+# one is: a store holds its repository, this cache holds it weakly. (A plain
+# dict kept every repository, and dulwich's open pack files, alive until the
+# interpreter tore its modules down, whose __del__ then failed noisily.)
+_REPOS: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
 _REPOS_LOCK = threading.Lock()
 
 
@@ -84,6 +89,15 @@ class MrepoStore(Store):
         self.repo_path = str(Path(repo).resolve())
         self.txn_id = txn
         self.commit_id = commit
+        self._repository: Any = None  # resolved on first use; not pickled
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_repository"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     # -- identity -------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
@@ -109,7 +123,10 @@ class MrepoStore(Store):
     # -- plumbing -------------------------------------------------------------
     @property
     def repository(self) -> Any:
-        return _repo(self.repo_path)
+        r = self._repository
+        if r is None:
+            r = self._repository = _repo(self.repo_path)
+        return r
 
     def _view(self) -> Any:
         r = self.repository
