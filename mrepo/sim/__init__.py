@@ -15,7 +15,16 @@ repository), :mod:`.truth` (ground truth on disk), :mod:`.metrics`
 """
 
 from .config import PRESETS, SimConfig, SpeciesSpec, preset
-from .metrics import defocus_rmse, frame_position_errors, motion_rmse_px, pose_error_deg
+from .metrics import (
+    astigmatism_error,
+    beam_tilt_error_mrad,
+    defocus_rmse,
+    doming_rmse,
+    frame_position_errors,
+    magnification_error,
+    motion_rmse_px,
+    pose_error_deg,
+)
 from .plots import plot_frame, plot_motion
 from .reconstruct import SeriesInput, fsc_to_truth, reconstruct_records
 from .relion import ParticleImages, extract_particle_images, write_relion_particles
@@ -36,12 +45,16 @@ __all__ = [
     "TILTS_SOURCE",
     "TiltGeometry",
     "Truth",
+    "astigmatism_error",
+    "beam_tilt_error_mrad",
     "defocus_rmse",
+    "doming_rmse",
     "extract_particle_images",
     "frame_position_errors",
     "frame_records",
     "fsc_to_truth",
     "load_truth",
+    "magnification_error",
     "motion_rmse_px",
     "plot_frame",
     "plot_motion",

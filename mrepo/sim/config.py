@@ -69,6 +69,26 @@ class SimConfig:
     astigmatism uniform in ``astigmatism_range_angstrom`` at a random angle; beam tilt
     per item, each component normal with ``beam_tilt_sigma_mrad``.
 
+    Imaging effects of frame series only (each switched off by 0; tilt series have none;
+    their random directions come from a stream of their own, so switching one off leaves
+    the rest of the population unchanged, and all three off give the population of a
+    simulator without them):
+
+    * ``mag_anisotropy`` (fraction): anisotropic magnification per item, the true
+      ``imaging.mag_matrix`` ``M = R(θ) diag(1 + a, 1 − a) R(θ)ᵀ`` with θ uniform in
+      [0°, 180°) (RELION's ``rlnMagMat``: image frequency k is specimen frequency M k;
+      the projection is the central slice at ``Aᵀ (M k, 0)`` and the CTF is evaluated at
+      ``M k``; particle positions are not distorted).
+    * ``doming_angstrom``: a true ``GridCTFDoming`` grid per item (3×3×3, µm): 0 at the
+      first time node, a random bowl-plus-tilt pattern (zero mean over the view) × t at the
+      others, scaled so that its RMS over the view in the last frame is this many Å;
+      a particle's defocus in frame f gains ``GridCTFDoming(x̂, ŷ, t_f) · 10⁴`` Å
+      (positive = more underfocus).
+    * ``blur_frames``, ``blur_angstrom``: anisotropic intra-frame motion blur in the first
+      ``blur_frames`` frames: frame f's particle images are multiplied in Fourier space by
+      ``exp(−2π² σ_f² (k·u)²)``, ``σ_f = blur_angstrom · (1 − f / blur_frames)`` Å,
+      u = (cos φ, sin φ) with φ uniform in [0°, 180°) per item.
+
     Motion: M-style pyramid :func:`mrepo.refine.deformation.pyramid_shapes`
     (``motion_levels``, ``motion_final``); level 0 is the global drift (an
     exponential of amplitude 0.5–1 × ``drift_angstrom`` plus a linear part of 0.2–0.5 ×
@@ -104,7 +124,8 @@ class SimConfig:
     ``pose_shift_error_px`` RMS (2D), orientations by ``pose_angle_error_deg`` RMS
     (a random rotation), defocus by ``defocus_error_angstrom`` RMS; the global drift
     estimate off by ``drift_error_angstrom`` RMS per frame and axis; astigmatism by
-    ``astigmatism_error_angstrom`` and ``astigmatism_angle_error_deg``; beam tilt unknown (0).
+    ``astigmatism_error_angstrom`` and ``astigmatism_angle_error_deg``; beam tilt unknown (0);
+    no magnification anisotropy (identity matrix), no doming grid, no blur.
     """
 
     name: str
@@ -125,6 +146,10 @@ class SimConfig:
     z_spread_angstrom: float = 150.0
     astigmatism_range_angstrom: tuple[float, float] = (100.0, 400.0)
     beam_tilt_sigma_mrad: float = 0.25
+    mag_anisotropy: float = 0.01
+    doming_angstrom: float = 150.0
+    blur_frames: int = 3
+    blur_angstrom: float = 4.0
     motion_levels: int = 3
     motion_final: tuple[int, int, int] = (4, 4, 10)
     drift_angstrom: float = 30.0
@@ -185,6 +210,12 @@ class SimConfig:
             raise InvalidInput("a movie needs at least one frame", str(self.n_frames))
         if self.snr is not None and not self.snr > 0:
             raise InvalidInput("SNR must be positive (or None for no noise)", str(self.snr))
+        if not 0 <= self.mag_anisotropy < 0.5:
+            raise InvalidInput("magnification anisotropy must be a fraction in [0, 0.5)", str(self.mag_anisotropy))
+        if not self.doming_angstrom >= 0 or not self.blur_angstrom >= 0:
+            raise InvalidInput("doming and blur amplitudes must be >= 0 (Å)", f"{self.doming_angstrom}, {self.blur_angstrom}")
+        if int(self.blur_frames) != self.blur_frames or self.blur_frames < 0:
+            raise InvalidInput("blur frames must be an integer >= 0", str(self.blur_frames))
         if not all(1 <= t <= 16 for t in self.trajectory_samples):
             raise InvalidInput("trajectory samples must be between 1 and 16", str(self.trajectory_samples))
 
@@ -197,6 +228,14 @@ class SimConfig:
         """(n,) nominal tilt angles (deg), sorted ascending (the stack order)."""
         n = int(round(self.tilt_max_deg / self.tilt_step_deg))
         return np.arange(-n, n + 1, dtype=np.float64) * self.tilt_step_deg
+
+    def blur_sigma_angstrom(self, n_frames: int | None = None) -> np.ndarray:
+        """(F,) intra-frame blur σ_f (Å) of each frame: ``blur_angstrom · (1 − f / blur_frames)``
+        for f < ``blur_frames``, else 0."""
+        f = np.arange(self.n_frames if n_frames is None else int(n_frames), dtype=np.float64)
+        if self.blur_frames <= 0 or self.blur_angstrom <= 0:
+            return np.zeros_like(f)
+        return np.where(f < self.blur_frames, self.blur_angstrom * (1.0 - f / self.blur_frames), 0.0)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

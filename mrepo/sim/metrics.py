@@ -12,11 +12,13 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..errors import InvalidInput
-from ..model import Population
+from ..model import Population, defocus_at
 from .geometry import frame_positions, interp_trajectory, item_motion_grids, matrices, rotation_angle_deg
+from .render import doming_offsets
 from .truth import Truth
 
-__all__ = ["motion_rmse_px", "pose_error_deg", "defocus_rmse", "frame_position_errors"]
+__all__ = ["motion_rmse_px", "pose_error_deg", "defocus_rmse", "frame_position_errors", "astigmatism_error",
+           "beam_tilt_error_mrad", "magnification_error", "doming_rmse"]
 
 
 def _species(pop: Population, truth: Truth, species: str | Iterable[str] | None) -> list[str]:
@@ -116,4 +118,107 @@ def defocus_rmse(pop: Population, truth: Truth, species: str | Iterable[str] | N
     e = np.concatenate(errs) if errs else np.zeros(0)
     if not len(e):
         raise InvalidInput("no frame-series particle to compare", "defocus_rmse")
+    return float(np.sqrt((e**2).mean()))
+
+
+# ---------------------------------------------------------------------------- imaging model
+def _item_pairs(pop: Population, truth: Truth, kind: str | None):
+    """(population item, true item) of every item of ``pop`` (of ``kind``) that the truth knows."""
+    out = []
+    for _src, item in pop.items():
+        if kind is not None and item.kind != kind:
+            continue
+        try:
+            t = truth.item_by_digest(item.data_digest)
+        except KeyError:
+            continue
+        out.append((item, t.item))
+    return out
+
+
+def _astigmatism(item) -> tuple[float, float]:
+    """(a, θ) of an item: half the difference U − V (Å) and the angle of U (deg) at the centre of
+    the view, mid-exposure (``GridCTFDefocusDelta/Angle`` where they hold values, else the
+    imaging model: :func:`mrepo.model.defocus_at`)."""
+    du, dv, ang = defocus_at(item, 0.5, 0.5, 0.5)
+    return 0.5 * float(du - dv), float(ang)
+
+
+def astigmatism_error(pop: Population, truth: Truth, *, kind: str | None = "frames") -> dict[str, float]:
+    """Astigmatism errors over the items (default: frame series; None for all), RMS over items.
+
+    Astigmatism a (Å, half of ``DefocusU − DefocusV``) at angle θ is the vector
+    ``(a cos 2θ, a sin 2θ)`` (a and θ + 90° with −a are the same astigmatism). Returns
+
+    * ``magnitude_angstrom``: RMS of ``|a_est| − |a_true|`` (Å);
+    * ``vector_angstrom``: RMS of the length of the vector difference (Å): what the
+      defocus along the worst direction is off by;
+    * ``angle_deg``: RMS of the angle error (deg, wrapped to ±90°) weighted by ``a_true²``
+      (an angle error matters as ``2 a Δθ``; the angle of a vanishing astigmatism does not);
+    * ``n_items``.
+    """
+    mag, vec, ang, wts = [], [], [], []
+    for item, t in _item_pairs(pop, truth, kind):
+        ae, te = _astigmatism(item)
+        at, tt = _astigmatism(t)
+        ve = ae * np.array([np.cos(np.deg2rad(2 * te)), np.sin(np.deg2rad(2 * te))])
+        vt = at * np.array([np.cos(np.deg2rad(2 * tt)), np.sin(np.deg2rad(2 * tt))])
+        mag.append(abs(ae) - abs(at))
+        vec.append(float(np.linalg.norm(ve - vt)))
+        # angles of the vectors (handles negative magnitudes), difference wrapped to [-90, 90)
+        d = 0.5 * (np.degrees(np.arctan2(ve[1], ve[0]) - np.arctan2(vt[1], vt[0])))
+        ang.append((d + 90.0) % 180.0 - 90.0)
+        wts.append(at * at)
+    if not mag:
+        raise InvalidInput("no item to compare", "astigmatism_error")
+    w = np.asarray(wts)
+    angle = float(np.sqrt((w * np.square(ang)).sum() / w.sum())) if w.sum() > 0 else 0.0
+    return {"magnitude_angstrom": float(np.sqrt(np.mean(np.square(mag)))),
+            "vector_angstrom": float(np.sqrt(np.mean(np.square(vec)))),
+            "angle_deg": angle, "n_items": len(mag)}
+
+
+def beam_tilt_error_mrad(pop: Population, truth: Truth, *, kind: str | None = "frames") -> float:
+    """RMS over items (default: frame series; ``kind="tilts"``, or None for all) of
+    ``|τ_est − τ_true|`` (mrad), τ = ``imaging.beam_tilt_mrad``."""
+    e = [float(np.linalg.norm(np.subtract(item.imaging.beam_tilt_mrad, t.imaging.beam_tilt_mrad)))
+         for item, t in _item_pairs(pop, truth, kind)]
+    if not e:
+        raise InvalidInput("no item to compare", "beam_tilt_error_mrad")
+    return float(np.sqrt(np.mean(np.square(e))))
+
+
+def magnification_error(pop: Population, truth: Truth, *, kind: str | None = "frames") -> float:
+    """RMS over items (default: frame series; None for all) of the Frobenius norm of
+    ``M_est − M_true`` (a fraction; M = ``imaging.mag_matrix``, RELION's ``rlnMagMat``; an
+    anisotropy a at any angle against the identity gives a √2)."""
+    e = [float(np.linalg.norm(np.subtract(item.imaging.mag_matrix, t.imaging.mag_matrix)))
+         for item, t in _item_pairs(pop, truth, kind)]
+    if not e:
+        raise InvalidInput("no item to compare", "magnification_error")
+    return float(np.sqrt(np.mean(np.square(e))))
+
+
+def doming_rmse(pop: Population, truth: Truth, species: str | Iterable[str] | None = None) -> float:
+    """RMS (Å) over frame-series particles and frames of the doming defocus error: the item's
+    ``GridCTFDoming`` (µm × 10⁴; a missing grid is 0) at the particle's first control point and
+    ``t_f = f / (F − 1)``, estimated (the population's grid at its coordinates) minus true (the
+    true grid at the true coordinates)."""
+    errs = []
+    for name in _species(pop, truth, species):
+        est = pop.species[name].particles.load()
+        tru = truth.particles[name]
+        for _src, item in pop.items():
+            if item.kind != "frames":
+                continue
+            idx = est.in_item(item.data_digest)
+            if not len(idx):
+                continue
+            it_true = truth.item_by_digest(item.data_digest).item
+            d_est = doming_offsets(item, np.asarray(est.coordinates, np.float64)[idx], item.n)
+            d_true = doming_offsets(it_true, np.asarray(tru.coordinates, np.float64)[idx], item.n)
+            errs.append((d_est - d_true).reshape(-1))
+    e = np.concatenate(errs) if errs else np.zeros(0)
+    if not len(e):
+        raise InvalidInput("no frame-series particle to compare", "doming_rmse")
     return float(np.sqrt((e**2).mean()))

@@ -2,17 +2,25 @@
 
 For every particle and frame (or tilt) the species map is projected at the
 particle's orientation in that frame (:func:`mrepo.refine.projection.project_rotations`,
-RELION's Euler convention), the projection is zero-padded in real space to
+RELION's Euler convention; with an anisotropic magnification ``M`` the
+central slice at ``Aᵀ (M k, 0)``, i.e. the matrix ``Eᵀ A`` with
+``E = [[M, 0], [0, 1]]``: RELION's ``rlnMagMat``, image frequency k is
+specimen frequency M k; positions are not distorted), the projection is zero-padded in real space to
 the render box ``L`` (at least the aliasing-free box of
 :func:`mrepo.refine.aliasing.aliasing_free_box` at Nyquist for the series'
 largest defocus, plus the map box), and in Fourier space multiplied by
 
 * the CTF of the particle (:func:`mrepo.refine.ctf.ctf_2d`, RELION's
-  conventions; defocus ``item defocus ± astigmatism + z``, the item's
-  astigmatism angle, and the item's beam tilt as the complex phase
-  ``exp(i γ_odd)``),
+  conventions; defocus ``item defocus ± astigmatism + z`` plus, in frame f,
+  the item's ``GridCTFDoming`` (µm × 10⁴ Å) at the particle's first control
+  point and ``t_f = f / (F − 1)``; the item's astigmatism angle, and the item's
+  beam tilt as the complex phase ``exp(i γ_odd)``), evaluated at ``M k`` for
+  the item's magnification matrix ``M`` (``imaging.mag_matrix``),
 * the exposure weight ``exp(−4 d k²/4)`` of the frame (``d`` the exposure at
   the middle of the frame, :func:`mrepo.refine.dose.dose_weights`),
+* frame series with an intra-frame blur (``item.extra["blur"]`` or the
+  ``blur`` argument of :func:`render_frames`): ``exp(−2π² σ_f² (k·u)²)``,
+  u = (cos φ, sin φ), σ_f the frame's blur (Å),
 * the sub-pixel shift that puts the particle's centre at its position,
 
 then transformed back and added into the frame around the nearest pixel
@@ -35,15 +43,19 @@ import torch
 from ..errors import InvalidInput
 from ..model import Item, Particles
 from ..refine.aliasing import aliasing_free_box
-from ..refine.ctf import CtfParams, ctf_2d
-from ..refine.deformation import MotionPyramid
+from ..refine.ctf import Aberrations, CtfParams, ctf_2d
+from ..refine.deformation import MotionPyramid, normalised_time
 from ..refine.dose import B_PER_EXPOSURE_A2, dose_weights
 from ..refine.fourier import freq_grid_2d, irfft2_centered, pad_center, rfft2_centered
 from ..refine.projection import FourierVolume, prepare_volume, project_rotations
-from .geometry import frame_positions, interp_trajectory, matrices, stage_matrices, tilt_projection
+from .geometry import frame_positions, interp_trajectory, matrices, normalised_xy, stage_matrices, tilt_projection
 
 __all__ = ["TiltGeometry", "Records", "render_frames", "render_tilts", "frame_records", "tilt_records",
-           "ctf_params", "render_box", "prepare_maps"]
+           "ctf_params", "render_box", "prepare_maps", "doming_offsets", "mag_distortion", "blur_damping",
+           "DOMING_GRID"]
+
+#: Warp's name of the doming grid (defocus change over position and exposure, µm).
+DOMING_GRID = "GridCTFDoming"
 
 
 @dataclass
@@ -72,7 +84,8 @@ class Records:
     frame: (B,) frame or tilt index.
     position_angstrom: (B, 2) particle centre (x, y) in the image, Å.
     rotation: (B, 3, 3) RELION matrix in that frame.
-    defocus_offset_angstrom: (B,) added to the item's defocus U and V.
+    defocus_offset_angstrom: (B,) added to the item's defocus U and V (the particle's z plus,
+        for frame series, the item's ``GridCTFDoming`` in that frame).
     """
 
     particle: np.ndarray
@@ -111,6 +124,62 @@ def _beam_tilt(item: Item):
     return None if bt == (0.0, 0.0) else bt
 
 
+def _mag(item: Item):
+    m = tuple(tuple(float(v) for v in r) for r in item.imaging.mag_matrix)
+    return None if m == ((1.0, 0.0), (0.0, 1.0)) else m
+
+
+def _aberrations(item: Item) -> Aberrations | None:
+    bt, m = _beam_tilt(item), _mag(item)
+    if bt is None and m is None:
+        return None
+    return Aberrations(beam_tilt_mrad=bt, mag_matrix=m)
+
+
+def mag_distortion(item: Item) -> np.ndarray | None:
+    """(3, 3) ``Eᵀ`` with ``E = [[M, 0], [0, 1]]`` for the item's magnification matrix ``M``
+    (``Eᵀ A`` is the matrix whose central slice samples ``Aᵀ (M k, 0)``); None for the identity."""
+    m = _mag(item)
+    if m is None:
+        return None
+    e = np.eye(3)
+    e[:2, :2] = np.asarray(m, np.float64)
+    return e.T
+
+
+def doming_offsets(item: Item, coords: np.ndarray, n_frames: int | None = None) -> np.ndarray:
+    """(N, F) defocus (Å) the item's ``GridCTFDoming`` adds to each particle in each frame: the
+    grid (µm, × 10⁴) at the particle's first control point (``x̂ = x / (s W)``, ``ŷ = y / (s H)``)
+    and ``t_f = f / (F − 1)``; zeros without the grid."""
+    f = item.n if n_frames is None else int(n_frames)
+    c = np.asarray(coords, np.float64)
+    n = c.shape[0]
+    g = item.grids.get(DOMING_GRID) if item.grids else None
+    if g is None or n == 0:
+        return np.zeros((n, f))
+    x, y = normalised_xy(c[:, 0, :2], item.shape, item.imaging.pixel_size_angstrom)
+    t = normalised_time(f, dtype=torch.float64).numpy()
+    scale = 1e4 if g.unit == "um" else 1.0
+    return g.evaluate(np.repeat(x, f), np.repeat(y, f), np.tile(t, n)).reshape(n, f) * scale
+
+
+def blur_damping(blur: Mapping[str, Any] | None, frames: Sequence[int] | np.ndarray, box: int, pixel_size_angstrom: float,
+                 *, device=None) -> torch.Tensor | None:
+    """(B, box, box // 2 + 1) intra-frame blur ``exp(−2π² σ_f² (k·u)²)`` of the frames given
+    (k in 1/Å, u = (cos φ, sin φ)); ``blur`` = ``{"angle_deg": φ, "sigma_angstrom": (F,)}``.
+    None when no frame is blurred."""
+    if not blur:
+        return None
+    sig = np.asarray(blur["sigma_angstrom"], np.float64)[np.asarray(frames, np.int64)]
+    if not np.any(sig > 0):
+        return None
+    phi = math.radians(float(blur["angle_deg"]))
+    ky, kx = freq_grid_2d(box, pixel_size_angstrom, device=device)
+    ku = kx * math.cos(phi) + ky * math.sin(phi)
+    s2 = torch.as_tensor(sig**2, dtype=torch.float32, device=ku.device)
+    return torch.exp((-2.0 * math.pi**2) * s2[:, None, None] * (ku * ku)[None])
+
+
 def render_box(item: Item, defocus_offsets: np.ndarray, map_box: int, *, pixel_size_angstrom: float | None = None) -> int:
     """Box (px) that holds a particle's delocalised signal without CTF aliasing up to Nyquist."""
     px = float(pixel_size_angstrom or item.imaging.pixel_size_angstrom)
@@ -119,7 +188,9 @@ def render_box(item: Item, defocus_offsets: np.ndarray, map_box: int, *, pixel_s
     off = np.asarray(defocus_offsets, np.float64)
     worst = off[np.argmax(np.abs(off + item.imaging.defocus_angstrom))]
     p = ctf_params(item, np.array([worst]))
-    return aliasing_free_box(p, px, None, particle_diameter_angstrom=map_box * px, min_box=map_box)
+    m = _mag(item)
+    return aliasing_free_box(p, px, None, particle_diameter_angstrom=map_box * px, min_box=map_box,
+                             aberrations=None if m is None else Aberrations(mag_matrix=m))
 
 
 def prepare_maps(maps: Mapping[str, Any], pixel_size_angstrom: float, *, device=None) -> dict[str, FourierVolume]:
@@ -134,7 +205,8 @@ def prepare_maps(maps: Mapping[str, Any], pixel_size_angstrom: float, *, device=
 
 
 def frame_records(item: Item, particles: Particles, grids: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> Records:
-    """Records of every particle in every frame of a frame series (positions with the motion grids)."""
+    """Records of every particle in every frame of a frame series (positions with the motion grids
+    ``grids``; defocus offsets: z plus the item's ``GridCTFDoming``, :func:`doming_offsets`)."""
     f = item.n
     coords = np.asarray(particles.coordinates[...], np.float64)
     angles = np.asarray(particles.angles[...], np.float64)
@@ -146,7 +218,8 @@ def frame_records(item: Item, particles: Particles, grids: Sequence[tuple[np.nda
         frame=np.tile(np.arange(f), n),
         position_angstrom=pos.reshape(-1, 2),
         rotation=matrices(ang.reshape(-1, 3)),
-        defocus_offset_angstrom=np.repeat(coords[:, 0, 2] if n else np.zeros(0), f),
+        defocus_offset_angstrom=(np.repeat(coords[:, 0, 2] if n else np.zeros(0), f)
+                                 + doming_offsets(item, coords, f).reshape(-1)),
     )
 
 
@@ -180,14 +253,18 @@ def tilt_records(item: Item, particles: Particles, *, angle_errors_deg: np.ndarr
 
 
 def _render_records(stack: np.ndarray, fvol: FourierVolume, map_box: int, box: int, item: Item, rec: Records,
-                    *, b_per_exposure: float, batch: int, progress=None) -> None:
+                    *, b_per_exposure: float, batch: int, progress=None, blur: Mapping[str, Any] | None = None) -> None:
     """Add the rendered records into ``stack`` (F, H, W) float32 in place."""
     if len(rec) == 0:
         return
     dev = fvol.device
     px = float(item.imaging.pixel_size_angstrom)
     h, w = stack.shape[1:]
-    bt = _beam_tilt(item)
+    ab = _aberrations(item)
+    dist = mag_distortion(item)
+    dist_t = None if dist is None else torch.as_tensor(dist, dtype=torch.float32, device=dev)
+    # the slice must stay inside the padded volume: |M k| < Nyquist of the map box
+    r_max = None if dist is None else 0.5 * map_box / float(np.linalg.norm(dist[:2, :2], 2)) * (1.0 - 1e-6)
     expo = torch.as_tensor(np.asarray(item.exposure_mid, np.float64), dtype=torch.float32, device=dev)
     ky, kx = freq_grid_2d(box, None, device=dev)
     nyq = torch.ones_like(kx)
@@ -199,14 +276,19 @@ def _render_records(stack: np.ndarray, fvol: FourierVolume, map_box: int, box: i
     for s in range(0, len(rec), batch):
         e = min(len(rec), s + batch)
         rot = torch.as_tensor(rec.rotation[s:e], dtype=torch.float32, device=dev)
+        if dist_t is not None:
+            rot = dist_t @ rot  # Eᵀ A: the slice at Aᵀ (M k, 0)
         with torch.no_grad():
-            proj = irfft2_centered(project_rotations(fvol, rot, None, out_box=map_box), map_box)
+            proj = irfft2_centered(project_rotations(fvol, rot, None, out_box=map_box, r_max_px=r_max), map_box)
             big = rfft2_centered(pad_center(proj, box))
-            ctf = ctf_2d(ctf_params(item, rec.defocus_offset_angstrom[s:e]), box, px, beam_tilt_mrad=bt, device=dev)
+            ctf = ctf_2d(ctf_params(item, rec.defocus_offset_angstrom[s:e]), box, px, aberrations=ab, device=dev)
             dose = dose_weights(expo[torch.as_tensor(rec.frame[s:e], device=dev)], box, px,
                                 b_per_exposure=b_per_exposure, device=dev)
             phase = (-2.0 * math.pi / box) * (kx[None] * frac[s:e, 0, None, None] + ky[None] * frac[s:e, 1, None, None])
             spec = big * ctf * (dose * nyq) * torch.polar(torch.ones_like(phase), phase)
+            damp = blur_damping(blur, rec.frame[s:e], box, px, device=dev)
+            if damp is not None:
+                spec = spec * damp
             imgs = irfft2_centered(spec, box).cpu().numpy()
         for j in range(e - s):
             f = int(rec.frame[s + j])
@@ -237,6 +319,7 @@ def render_frames(
     device=None,
     batch: int = 64,
     progress=None,
+    blur: Mapping[str, Any] | None | bool = None,
 ) -> np.ndarray:
     """Noiseless frames of one frame series: the forward model the simulator uses.
 
@@ -244,8 +327,9 @@ def render_frames(
     ----------
     maps: species -> (N, N, N) map (z, y, x) at the item's pixel size, or a prepared
         :class:`~mrepo.refine.projection.FourierVolume`.
-    item: the frame series with its **true** imaging model (defocus, astigmatism, beam tilt),
-        shape (F, H, W) and exposures (``pre_exposure``, ``dose``). Its grids are ignored.
+    item: the frame series with its **true** imaging model (defocus, astigmatism, beam tilt,
+        magnification matrix), shape (F, H, W) and exposures (``pre_exposure``, ``dose``). Of its
+        grids only ``GridCTFDoming`` is used (the motion is ``motion``).
     particles_true: species -> the particles of this item (every row is rendered):
         coordinate trajectories (N, T, 3) Å and Euler trajectories (N, T, 3) degrees.
     motion: the series' motion: a :class:`~mrepo.refine.deformation.MotionPyramid` or
@@ -254,6 +338,9 @@ def render_frames(
     device: torch device of the computation (default: that of the maps, else CPU).
     batch: particle-frames rendered at once.
     progress: optional callable(n_done) for progress bars.
+    blur: intra-frame motion blur ``{"angle_deg": φ, "sigma_angstrom": (F,) σ_f}`` (see the
+        module docstring); None: ``item.extra["blur"]`` where present (the simulator's true items
+        carry it); False: none.
 
     Returns
     -------
@@ -264,6 +351,9 @@ def render_frames(
     px = float(item.imaging.pixel_size_angstrom)
     fvols = prepare_maps(maps, px, device=device)
     grids = _motion_grids(motion)
+    if blur is None:
+        blur = (item.extra or {}).get("blur")
+    blur = blur or None
     stack = np.zeros(item.shape, np.float32)
     for name, parts in particles_true.items():
         if name not in fvols:
@@ -273,7 +363,8 @@ def render_frames(
             raise InvalidInput("map and item pixel sizes differ", f"{name}: {fv.pixel_size_angstrom} vs {px} Å")
         rec = frame_records(item, parts, grids)
         box = render_box(item, rec.defocus_offset_angstrom, fv.box)
-        _render_records(stack, fv, fv.box, box, item, rec, b_per_exposure=b_per_exposure, batch=batch, progress=progress)
+        _render_records(stack, fv, fv.box, box, item, rec, b_per_exposure=b_per_exposure, batch=batch, progress=progress,
+                        blur=blur)
     return stack
 
 

@@ -6,7 +6,9 @@ parameters in :class:`mrepo.sim.config.SimConfig`):
 1. species maps: pseudo-atomic models (:mod:`mrepo.sim.maps`);
 2. frame series (source ``movies``): non-overlapping particles of all species in
    each field of view, true pose trajectories, per-particle defocus (z), item
-   astigmatism and beam tilt, global drift plus a local motion pyramid; the
+   astigmatism, beam tilt and anisotropic magnification, a doming grid
+   (``GridCTFDoming``), anisotropic intra-frame blur in the first frames,
+   global drift plus a local motion pyramid; the
    noiseless frames ``r`` (:func:`mrepo.sim.render.render_frames`), then the
    counts: Poisson with mean ``D_f (1 + c r)``, ``D_f`` = dose × pixel area,
    ``c`` set so that the first species' mean per-particle SNR over all frames
@@ -17,7 +19,7 @@ parameters in :class:`mrepo.sim.config.SimConfig`):
 4. the "as imported" starting values (what Warp/RELION would hand over):
    perturbed poses and defocus, a noisy global-drift estimate in
    ``GridMovementX/Y`` (1×1×F), per-tilt defocus estimates in ``GridCTF``
-   (µm), no beam tilt, nominal tilt geometry; half-maps reconstructed with
+   (µm), no beam tilt, identity magnification, no doming, nominal tilt geometry; half-maps reconstructed with
    them (random half sets);
 5. one commit "Simulated population (preset, seed)" holding all of it, and the
    ground truth under ``OUT_DIR/truth`` (:mod:`mrepo.sim.truth`), outside the repository.
@@ -70,7 +72,8 @@ from .reconstruct import SeriesInput, reconstruct_records
 from .render import TiltGeometry, frame_records, prepare_maps, render_frames, render_tilts, tilt_records
 from .truth import ItemTruth, Truth, save_truth
 
-__all__ = ["SimResult", "simulate", "FRAMES_SOURCE", "TILTS_SOURCE", "calibrate_contrast", "probe_snr"]
+__all__ = ["SimResult", "simulate", "FRAMES_SOURCE", "TILTS_SOURCE", "calibrate_contrast", "probe_snr", "mag_matrix",
+           "doming_grid"]
 
 FRAMES_SOURCE = "movies"
 TILTS_SOURCE = "tiltseries"
@@ -293,7 +296,41 @@ def _imported_imaging(rng: np.random.Generator, true: ImagingModel, cfg: SimConf
         astigmatism_angstrom=float(round(true.astigmatism_angstrom + rng.normal(scale=cfg.astigmatism_error_angstrom), 1)),
         astigmatism_angle_deg=float(round(true.astigmatism_angle_deg + rng.normal(scale=cfg.astigmatism_angle_error_deg), 2)),
         beam_tilt_mrad=(0.0, 0.0),
+        mag_matrix=((1.0, 0.0), (0.0, 1.0)),
     )
+
+
+def mag_matrix(anisotropy: float, angle_deg: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``M = R(θ) diag(1 + a, 1 − a) R(θ)ᵀ`` (RELION's ``rlnMagMat``: image frequency k is
+    specimen frequency M k), θ = ``angle_deg``, a = ``anisotropy``."""
+    th = math.radians(angle_deg)
+    r = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    m = r @ np.diag([1.0 + anisotropy, 1.0 - anisotropy]) @ r.T
+    return ((float(m[0, 0]), float(m[0, 1])), (float(m[1, 0]), float(m[1, 1])))
+
+
+def doming_grid(rng: np.random.Generator, rms_angstrom: float, dims: tuple[int, int, int] = (3, 3, 3)) -> CubicGrid:
+    """A ``GridCTFDoming`` (X, Y, Z) grid in µm: 0 at the first time node, a random smooth pattern
+    (a bowl and a tilt, random weights, zero mean over the view) × t at the others, scaled so
+    that the RMS over the view at t = 1 is ``rms_angstrom`` (Å)."""
+    gx, gy, gz = dims
+    c = rng.normal(size=2)
+    alpha = rng.uniform(0.0, 2.0 * math.pi)
+    yn, xn = np.meshgrid(np.linspace(0.0, 1.0, gy), np.linspace(0.0, 1.0, gx), indexing="ij")
+    bowl = (xn - 0.5) ** 2 + (yn - 0.5) ** 2
+    tilt = (xn - 0.5) * math.cos(alpha) + (yn - 0.5) * math.sin(alpha)
+    pattern = c[0] * 4.0 * bowl + c[1] * tilt  # (Y, X)
+    t = np.linspace(0.0, 1.0, gz)
+    g = np.linspace(0.0, 1.0, 17)
+    ye, xe = (a.reshape(-1) for a in np.meshgrid(g, g, indexing="ij"))
+    ones = np.ones_like(xe)
+    unit = CubicGrid(dims, t[:, None, None] * pattern[None])
+    v = unit.evaluate(xe, ye, ones)
+    pattern = pattern - v.mean()
+    unit = CubicGrid(dims, t[:, None, None] * pattern[None])
+    rms = float(np.sqrt((unit.evaluate(xe, ye, ones) ** 2).mean()))
+    k = rms_angstrom / rms if rms > 0 else 0.0
+    return CubicGrid(dims, (t[:, None, None] * pattern[None] * k * 1e-4).astype(np.float32), unit="um")
 
 
 def _perturb_angles(rng: np.random.Generator, angles_true: np.ndarray, rms_deg: float) -> np.ndarray:
@@ -415,7 +452,18 @@ def simulate(
         ct = _trajectory(rng, base, cfg.trajectory_samples[0], cfg.trajectory_shift_angstrom)
         ct[..., 2] = z[:, None]  # the defocus offset is constant in time
         at = _trajectory(rng, euler(random_rotations(n, rng)), cfg.trajectory_samples[1], cfg.trajectory_rotation_deg)
-        item_true = Item(name, "frames", "", (f, h, w), im_true, pre, dose)
+        # imaging effects of frame series: a stream of their own (directions always drawn)
+        orng = _rng(seed, "movie", i, "optics")
+        mag_angle = float(orng.uniform(0.0, 180.0))
+        blur_angle = float(orng.uniform(0.0, 180.0))
+        dome = doming_grid(orng, cfg.doming_angstrom)
+        true_grids = {"GridCTFDoming": dome} if cfg.doming_angstrom > 0 else {}
+        if cfg.mag_anisotropy > 0:
+            im_true = replace(im_true, mag_matrix=mag_matrix(cfg.mag_anisotropy, mag_angle))
+        sig = cfg.blur_sigma_angstrom(f)
+        blur = {"angle_deg": blur_angle, "sigma_angstrom": [float(v) for v in sig]} if np.any(sig > 0) else None
+        item_true = Item(name, "frames", "", (f, h, w), im_true, pre, dose, grids=true_grids,
+                         extra={"blur": blur} if blur else {})
         parts_true = {s.name: Particles.from_arrays([""] * int((which == k).sum()), ct[which == k], at[which == k])
                       for k, s in enumerate(cfg.species) if (which == k).any()}
         r = render_frames(fvols, item_true, parts_true, motion, device=dev, progress=bar.update)
@@ -424,7 +472,7 @@ def simulate(
         digest = array_content_digest(raw)
         item_true.data_digest = digest
         raws[name] = raw
-        items_truth[name] = ItemTruth(FRAMES_SOURCE, item_true, motion, None, electrons)
+        items_truth[name] = ItemTruth(FRAMES_SOURCE, item_true, motion, None, electrons, blur=blur)
         # as imported
         est = _global_estimate(rng, motion, cfg)
         grids = {"GridMovementX": CubicGrid((1, 1, f), est[0]), "GridMovementY": CubicGrid((1, 1, f), est[1])}

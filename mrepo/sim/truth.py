@@ -4,11 +4,12 @@ Files under ``OUT_DIR/truth/`` (the repository keeps its data in
 ``OUT_DIR/.git`` and ``.mrepo``: it has no working tree and tracks none of them):
 
 * ``truth.json`` — preset, seed, configuration, contrast, per-item true
-  models (imaging, exposures, tilt geometry) and file names;
+  models (imaging incl. beam tilt and magnification matrix, exposures, tilt
+  geometry, the intra-frame blur, the metadata of the true item grids) and file names;
 * ``particles_<species>.npz`` — true coordinate and Euler trajectories
   (rows in the same order as the stored particles), half sets, item digests;
-* ``items.npz`` — true motion pyramids (frame series) and per-tilt angle
-  errors, image-warp grids and defocus (tilt series);
+* ``items.npz`` — true motion pyramids and item grids (``GridCTFDoming``, µm) of
+  frame series, and per-tilt angle errors, image-warp grids and defocus (tilt series);
 * ``maps/<species>.mrc`` — the true maps (and ``maps/<species>_atoms.npz``,
   the pseudo-atoms).
 """
@@ -26,7 +27,7 @@ import torch
 
 from ..errors import CorruptObject, NotFound
 from ..io.mrc import read_mrc, write_mrc
-from ..model import ImagingModel, Item, Particles
+from ..model import CubicGrid, ImagingModel, Item, Particles
 from ..refine.deformation import MotionPyramid
 from ..store.atomic import atomic_write
 from .config import SimConfig, SpeciesSpec
@@ -37,6 +38,10 @@ __all__ = ["ItemTruth", "Truth", "load_truth", "save_truth", "truth_population",
 TRUTH_DIR = "truth"
 FORMAT = {"format": "mrepo-sim-truth", "version": 1}
 
+#: SimConfig fields added after the first truth folders were written: a folder without them was
+#: simulated without these effects (their defaults are not 0).
+_LATER_CONFIG_FIELDS = ("mag_anisotropy", "doming_angstrom", "blur_frames", "blur_angstrom")
+
 
 @dataclass
 class ItemTruth:
@@ -45,12 +50,18 @@ class ItemTruth:
     Attributes
     ----------
     source: data source name (``movies`` or ``tiltseries``).
-    item: the item with its **true** imaging model, exposures and (tilt series) true
-        tilt angles, axis and per-tilt offsets; no grids (the motion is ``motion``).
+    item: the item with its **true** imaging model (defocus, astigmatism, beam tilt,
+        magnification matrix), exposures and (tilt series) true tilt angles, axis and per-tilt
+        offsets; its grids hold only the true ``GridCTFDoming`` (frame series, µm; the motion is
+        ``motion``), and ``item.extra["blur"]`` the same dict as ``blur`` (so that
+        :func:`mrepo.sim.render_frames` of the item reproduces the data).
     motion: (values_x, values_y) grid pairs (Z, Y, X), Å: the true motion pyramid
         (frame series; level 0 is the global drift, one node per frame).
     tilt: true per-tilt stage-angle errors, image warp and defocus (tilt series).
     electrons_per_pixel: (n,) mean electrons per pixel of each frame or tilt (``D``).
+    blur: anisotropic intra-frame motion blur of a frame series, ``{"angle_deg": φ,
+        "sigma_angstrom": [σ_f per frame]}`` (Fourier factor ``exp(−2π² σ_f² (k·u)²)``,
+        u = (cos φ, sin φ), k in 1/Å); None for none.
     """
 
     source: str
@@ -58,6 +69,18 @@ class ItemTruth:
     motion: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     tilt: TiltGeometry | None = None
     electrons_per_pixel: np.ndarray | None = None
+    blur: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.blur is None:
+            self.blur = (self.item.extra or {}).get("blur") or None
+        elif self.blur:
+            self.item.extra = {**(self.item.extra or {}), "blur": self.blur}
+
+    @property
+    def doming(self) -> CubicGrid | None:
+        """The true ``GridCTFDoming`` (µm), or None."""
+        return self.item.grids.get("GridCTFDoming") if self.item.grids else None
 
     @property
     def name(self) -> str:
@@ -185,7 +208,11 @@ def save_truth(truth: Truth, out_dir: str | os.PathLike[str]) -> Path:
             "electrons_per_pixel": _arr(it.electrons_per_pixel),
             "motion_levels": len(it.motion),
             "tilt": None if it.tilt is None else {"warp": it.tilt.warp is not None},
+            "grids": {g: grid.to_meta() for g, grid in sorted(item.grids.items())},
+            "blur": it.blur,
         }
+        for g, grid in item.grids.items():
+            grids[f"{name}/grids/{g}"] = np.asarray(grid.values)
         for k, (gx, gy) in enumerate(it.motion):
             grids[f"{name}/motion/{k}/x"] = np.asarray(gx)
             grids[f"{name}/motion/{k}/y"] = np.asarray(gy)
@@ -226,7 +253,10 @@ def load_truth(out_dir: str | os.PathLike[str]) -> Truth:
         raise CorruptObject(f"not valid JSON: {e}", str(f)) from None
     if doc.get("format") != FORMAT["format"] or doc.get("version", 0) > FORMAT["version"]:
         raise CorruptObject("not a simulation truth of a supported version", str(f))
-    cfg = SimConfig.from_json(doc["config"])
+    cfg_doc = dict(doc["config"])
+    for k in _LATER_CONFIG_FIELDS:
+        cfg_doc.setdefault(k, 0)
+    cfg = SimConfig.from_json(cfg_doc)
     maps, species, boxes, particles = {}, {}, {}, {}
     try:
         for name, sd in doc["species"].items():
@@ -258,8 +288,13 @@ def load_truth(out_dir: str | os.PathLike[str]) -> Truth:
             if it.get("tilt") is not None:
                 warp = (grids[f"{name}/tilt/warp_x"], grids[f"{name}/tilt/warp_y"]) if it["tilt"]["warp"] else None
                 tilt = TiltGeometry(grids[f"{name}/tilt/angle_errors_deg"], warp, grids[f"{name}/tilt/defocus_angstrom"])
+            for g, meta in (it.get("grids") or {}).items():
+                item.grids[g] = CubicGrid(tuple(meta["dims"]), grids[f"{name}/grids/{g}"],
+                                          margins=tuple(meta.get("margins", (0.0, 0.0, 0.0))),
+                                          unit=meta.get("unit", "angstrom"), extra=meta.get("extra", {}))
             epp = it.get("electrons_per_pixel")
-            items[name] = ItemTruth(it["source"], item, motion, tilt, None if epp is None else np.asarray(epp))
+            items[name] = ItemTruth(it["source"], item, motion, tilt, None if epp is None else np.asarray(epp),
+                                    blur=it.get("blur") or None)
     except (KeyError, OSError, ValueError) as e:
         raise CorruptObject(f"simulation truth is incomplete or damaged: {e}", str(d)) from None
     return Truth(d, doc["preset"], int(doc["seed"]), cfg, float(doc["contrast"]), maps, species, boxes, particles,
@@ -269,8 +304,11 @@ def load_truth(out_dir: str | os.PathLike[str]) -> Truth:
 
 def truth_population(pop: Any, truth: Truth) -> Any:
     """A copy of ``pop`` whose frame-series items and particles carry the TRUE
-    parameters (motion as ``PyramidShiftX/Y_<level>`` grids, poses, CTF): reconstructing
-    it gives the "oracle" maps a perfect refinement would reach."""
+    parameters (motion as ``PyramidShiftX/Y_<level>`` grids, poses, CTF: defocus,
+    astigmatism, beam tilt and magnification matrix through the imaging model, and the true
+    ``GridCTFDoming``): reconstructing it gives the "oracle" maps a perfect refinement would
+    reach. (The intra-frame blur of the first frames is no parameter of the item model; it is in
+    ``truth.items[name].blur``.)"""
     import copy
 
     from ..model import MOTION_GRID_PAIRS, CubicGrid, pyramid_grid_names
@@ -293,4 +331,8 @@ def truth_population(pop: Any, truth: Truth) -> Any:
             it.grids[nx] = CubicGrid(dims, gx)
             it.grids[ny] = CubicGrid(dims, gy)
         it.imaging = t.item.imaging
+        it.grids.pop("GridCTFDoming", None)
+        if t.doming is not None:
+            d = t.doming
+            it.grids["GridCTFDoming"] = CubicGrid(d.dims, d.values.copy(), margins=d.margins, unit=d.unit)
     return out
