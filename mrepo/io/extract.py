@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInput
-from ..model import CubicGrid, Item, motion_grid_pairs, motion_shifts, natural_spline_weights
+from ..model import CubicGrid, Item, defocus_at, motion_grid_pairs, motion_shifts, natural_spline_weights
 
 __all__ = [
     "natural_spline_weights",
@@ -77,28 +77,16 @@ def frame_positions(item: Item, coordinates_angstrom: np.ndarray) -> np.ndarray:
 
 
 def particle_defocus(item: Item, coordinates_angstrom: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(defocus U, defocus V in Å, angle in degrees) of each particle (N, 3) or (N, T, 3):
-    ``GridCTF`` (µm) at the particle at mid-exposure when it holds values, else
-    the item's defocus, plus the particle's z (Å); astigmatism likewise from
-    ``GridCTFDefocusDelta``/``GridCTFDefocusAngle``."""
+    """(defocus U, defocus V in Å, angle in degrees) of each particle (N, 3) or (N, T, 3) at
+    mid-exposure: the item's defocus there (:func:`mrepo.model.defocus_at`: ``GridCTF`` (µm)
+    where it holds values, else the imaging model's, plus ``GridCTFDoming``; astigmatism
+    from ``GridCTFDefocusDelta``/``Angle`` or the imaging model) plus the particle's z (Å)."""
     c = np.asarray(coordinates_angstrom, np.float64)
     if c.ndim == 3:
         c = c.mean(axis=1)
-    im = item.imaging
-    size = np.array([item.shape[2], item.shape[1]], np.float64) * im.pixel_size_angstrom
-    x, y = c[:, 0] / size[0], c[:, 1] / size[1]
-    t = np.full(len(c), 0.5)
-
-    def local(name: str, default: float, scale: float) -> np.ndarray:
-        g = item.grids.get(name)
-        if g is None or not np.any(g.values):
-            return np.full(len(c), default)
-        return evaluate_grid(g, x, y, t) * scale
-
-    defocus = local("GridCTF", im.defocus_angstrom, 1e4) + c[:, 2]
-    astig = local("GridCTFDefocusDelta", 2 * im.astigmatism_angstrom, 1e4) / 2
-    angle = local("GridCTFDefocusAngle", im.astigmatism_angle_deg, 1.0)
-    return defocus + astig, defocus - astig, angle
+    size = np.array([item.shape[2], item.shape[1]], np.float64) * item.imaging.pixel_size_angstrom
+    u, v, angle = defocus_at(item, c[:, 0] / size[0], c[:, 1] / size[1], np.full(len(c), 0.5))
+    return u + c[:, 2], v + c[:, 2], angle
 
 
 def background_normalise(images: np.ndarray, radius_px: float) -> np.ndarray:

@@ -91,6 +91,16 @@ def _item_key(it: Item) -> tuple[float, float, float, float]:
     return (float(im.pixel_size_angstrom), float(im.voltage_kv), float(im.cs_mm), float(im.amplitude_contrast))
 
 
+def _item_optics(it: Item) -> tuple:
+    """The item's optics that RELION keeps per optics group: beam tilt, magnification, Zernike terms."""
+    im = it.imaging
+    return (tuple(float(v) for v in im.beam_tilt_mrad), tuple(tuple(float(v) for v in r) for r in im.mag_matrix),
+            tuple(im.odd_zernike), tuple(im.even_zernike))
+
+
+_DEFAULT_OPTICS = ((0.0, 0.0), ((1.0, 0.0), (0.0, 1.0)), (), ())
+
+
 def _decode(lab: str, values: np.ndarray, categories: dict[str, list[str]]) -> np.ndarray:
     if lab in categories:
         return np.asarray(categories[lab], dtype=object)[np.asarray(values, np.int64)]
@@ -163,6 +173,33 @@ def species_table(
             gnum[sel & (ipx == extra_size)] = next_num
             notes.append(f"optics group {num} spans items of different pixel sizes: split off group {next_num}")
             next_num += 1
+    # items refined (or imported) with their own beam tilt, magnification or Zernike terms:
+    # RELION keeps those per optics group, so a group spanning items that differ is split
+    item_optics = [_item_optics(it) for it in its]
+    for num in sorted(set(gnum.tolist())):
+        sel = gnum == num
+        kinds_here = sorted({item_optics[k] for k in np.unique(item_idx[sel]).tolist()})
+        if kinds_here == [_DEFAULT_OPTICS]:
+            continue
+        for j, opt in enumerate(kinds_here):
+            if j == 0:
+                target = num
+            else:
+                g = groups[num]
+                groups[next_num] = OpticsGroup(**{**g.__dict__, "number": next_num, "name": f"{g.name}_{next_num}"})
+                target = next_num
+                next_num += 1
+            on = sel & np.isin(item_idx, [k for k in range(len(its)) if item_optics[k] == opt])
+            gnum[on] = target
+            g = groups[target]
+            g.beam_tilt_x_mrad, g.beam_tilt_y_mrad = opt[0]
+            g.mag_matrix = opt[1]
+            if opt[2]:
+                g.odd_zernike = opt[2]
+            if opt[3]:
+                g.even_zernike = opt[3]
+        if len(kinds_here) > 1:
+            notes.append(f"optics group {num} spans items with different beam tilt or magnification: split into {len(kinds_here)} groups")
     for num, g in groups.items():
         sel = gnum == num
         some = its[int(item_idx[sel][0])] if sel.any() else None

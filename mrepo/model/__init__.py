@@ -7,7 +7,7 @@ Typed, validated dataclasses (DESIGN.md §1) and their layout in a repository
 from .digests import array_content_digest, json_digest
 from .grids import MOTION_GRID_PAIRS, CubicGrid, motion_grid_pairs, motion_shifts, natural_spline_weights, pyramid_grid_names
 from .imaging import ImagingModel
-from .item import Item
+from .item import Item, defocus_at
 from .particles import Particles
 from .population import (
     Population,
@@ -24,6 +24,7 @@ from .species import Species
 
 __all__ = [
     "CubicGrid",
+    "defocus_at",
     "MOTION_GRID_PAIRS",
     "motion_grid_pairs",
     "motion_shifts",

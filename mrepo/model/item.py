@@ -11,7 +11,7 @@ from ..errors import InvalidInput
 from .grids import CubicGrid
 from .imaging import ImagingModel
 
-__all__ = ["Item", "ITEM_KINDS"]
+__all__ = ["Item", "ITEM_KINDS", "defocus_at"]
 
 ITEM_KINDS = ("frames", "tilts")
 
@@ -49,7 +49,8 @@ class Item:
         (n,) bool: frames/tilts used in refinement.
     grids:
         Deformation and per-frame models by name (Warp names such as
-        ``GridMovementX``, ``GridCTF``; mrepo's refined pyramid as ``pyramid/...``).
+        ``GridMovementX``, ``GridCTF``, ``GridCTFDoming``; mrepo's refined motion
+        pyramid as M's ``PyramidShiftX/Y_i``).
     refined_with:
         species name -> species digest of the references this item was refined against.
     m_hash:
@@ -102,3 +103,31 @@ class Item:
     def exposure_mid(self) -> np.ndarray:
         """(n,) accumulated exposure at the middle of each frame/tilt, e⁻/Å²."""
         return self.pre_exposure + 0.5 * self.dose
+
+
+def _grid_or(item: "Item", name: str, x: np.ndarray, y: np.ndarray, t: np.ndarray, default: float, scale: float) -> np.ndarray:
+    g = item.grids.get(name)
+    if g is None or not np.any(g.values):
+        return np.full(np.broadcast(x, y, t).shape, float(default))
+    b = np.broadcast(x, y, t)
+    xb, yb, tb = (np.broadcast_to(a, b.shape).reshape(-1) for a in (x, y, t))
+    return (g.evaluate(xb, yb, tb) * scale).reshape(b.shape)
+
+
+def defocus_at(item: "Item", x: Any, y: Any, t: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Defocus U, V (Å) and astigmatism angle (degrees) of the item at normalised positions
+    and times (broadcast together), before a particle's own offset (its z).
+
+    As Warp does (``Movie.GetCTFsForOneParticle``): the defocus is ``GridCTF`` (µm) where
+    that grid holds values, else the imaging model's; plus ``GridCTFDoming`` (µm, defocus
+    change over position and exposure); the astigmatism is ``GridCTFDefocusDelta`` (µm,
+    U − V) and ``GridCTFDefocusAngle`` where they hold values, else the imaging model's.
+    """
+    x, y, t = (np.asarray(a, np.float64) for a in (x, y, t))
+    im = item.imaging
+    d = _grid_or(item, "GridCTF", x, y, t, im.defocus_angstrom, 1e4)
+    if "GridCTFDoming" in item.grids:
+        d = d + _grid_or(item, "GridCTFDoming", x, y, t, 0.0, 1e4)
+    half = _grid_or(item, "GridCTFDefocusDelta", x, y, t, 2 * im.astigmatism_angstrom, 1e4) / 2
+    angle = _grid_or(item, "GridCTFDefocusAngle", x, y, t, im.astigmatism_angle_deg, 1.0)
+    return d + half, d - half, angle
