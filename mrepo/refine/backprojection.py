@@ -36,6 +36,7 @@ from .interp import (
     from_sampling_layout,
     gridding_correction_3d,
     hermitian_fold,
+    inside_sampling,
     sampling_shape,
     symmetrize_half_planes,
     trilinear_base,
@@ -179,6 +180,11 @@ def backproject(
         r = rot[s:e]
         coords = scale * (kx[None, :, None] * r[:, None, 0, :] + ky[None, :, None] * r[:, None, 1, :])
         coords, sign = hermitian_fold(coords)
+        inside = inside_sampling(coords, acc.padded_box)
+        if not bool(inside.all()):  # beyond the padded grid (a magnification matrix): not inserted
+            coords = torch.where(inside[..., None], coords, torch.zeros_like(coords))
+            vals = vals * inside
+            wts = wts * inside
         base, frac = trilinear_base(coords, acc.padded_box)
         payload = torch.stack([vals.real.to(real), vals.imag.to(real) * sign, wts], dim=-1)
         wx = (1.0 - frac[..., 0], frac[..., 0])

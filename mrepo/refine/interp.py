@@ -33,6 +33,7 @@ __all__ = [
     "from_sampling_layout",
     "hermitian_fold",
     "trilinear_base",
+    "inside_sampling",
     "corner_offsets",
     "gridding_correction_3d",
     "symmetrize_half_planes",
@@ -104,6 +105,13 @@ def trilinear_base(coords: torch.Tensor, padded_box: int) -> tuple[torch.Tensor,
     b = b.long()
     base = (b[..., 2] * h + b[..., 1]) * w + b[..., 0]
     return base, frac
+
+
+def inside_sampling(coords: torch.Tensor, padded_box: int) -> torch.Tensor:
+    """``(...)`` bool: folded points whose 8 neighbours lie in the sampling layout
+    (every component below ``P/2`` in magnitude). Rotations always give such points for
+    ``|k| < n/2``; other matrices (an anisotropic magnification) can reach beyond."""
+    return coords.detach().abs().amax(dim=-1) < padded_box / 2
 
 
 def corner_offsets(padded_box: int) -> list[tuple[int, int, int, int]]:

@@ -39,6 +39,7 @@ from .interp import (
     from_sampling_layout,
     gridding_correction_3d,
     hermitian_fold,
+    inside_sampling,
     to_sampling_layout,
     trilinear_base,
 )
@@ -223,6 +224,10 @@ def project_rotations(
         # q = scale · Aᵀ (kx, ky, 0): row i of Aᵀ is column i of A.
         coords = scale * (kx[None, :, None] * r[:, None, 0, :] + ky[None, :, None] * r[:, None, 1, :])
         coords, sign = hermitian_fold(coords)
+        inside = inside_sampling(coords, p)
+        clipped = not bool(inside.all())
+        if clipped:  # beyond the padded grid (a magnification matrix): read DC, then zero
+            coords = torch.where(inside[..., None], coords, torch.zeros_like(coords))
         base, frac = trilinear_base(coords, p)
         fx, fy, fz = frac[..., 0], frac[..., 1], frac[..., 2]
         v = [torch.take(table, base + o) for o in offsets]  # order (dz, dy, dx) = 000, 001, 010, ...
@@ -234,6 +239,8 @@ def project_rotations(
         c1 = c10 + (c11 - c10) * fy
         val = c0 + (c1 - c0) * fz
         vals = torch.complex(val.real, val.imag * sign)
+        if clipped:
+            vals = vals * inside
         if sh is not None:
             phase = (2 * math.pi / (n * fvol.pixel_size_angstrom)) * (
                 kx[None, :] * sh[s : s + chunk, 0:1] + ky[None, :] * sh[s : s + chunk, 1:2]

@@ -47,14 +47,16 @@ from .series import (
     _resample_time,
     backproject_series,
     extract_series,
+    frame_ncc_stats,
     initial_model,
     refine_series,
     refined_angles,
+    set_frame_weights,
 )
 
 __all__ = ["RefineOptions", "SpeciesOutcome", "RefineOutcome", "refine_repository", "reconstruct_species", "masked_fsc"]
 
-PARAM_GROUPS = ("motion", "poses")
+PARAM_GROUPS = ("motion", "poses", "defocus", "astigmatism", "beamtilt", "magnification", "doming", "weights")
 
 
 @dataclass
@@ -78,7 +80,11 @@ class RefineOptions:
     denoise: bool = True  # references are the species' noise2noise-denoised half-maps (M); else FSC-weighted
     denoise_iterations: int = 25  # denoiser training steps after each reconstruction (resuming from the stored weights)
     denoise_crop: int = 32  # edge of the training crops (voxels): small crops keep the steps inside refinement cheap
-    min_particles_per_half: int = 25  # fewer: the species' poses are kept (its reference would mostly be each particle itself)
+    min_particles_per_half: int = 25
+    min_ctf_resolution_angstrom: float = 8.0  # imaging-model groups use species finer than this (M)
+    anisotropic_weights: bool = True  # fitted exposure weights with a direction (else isotropic B)
+    weights_per_series: bool = False  # one set of exposure weights per series (else per group of equal frame counts)
+    weights_png: str | None = None  # write the fitted exposure weights per frame as a PNG here  # fewer: the species' poses are kept (its reference would mostly be each particle itself)
 
     def check(self) -> None:
         if self.iterations < 0:
@@ -119,6 +125,9 @@ class RefineOutcome:
     population: Population | None = None
     models: dict[str, SeriesModel] = field(default_factory=dict)
     maps: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # species -> refined half-maps
+    parts: dict[str, Particles] = field(default_factory=dict)  # species -> particles with refined defocus (z)
+    imaging: dict[str, Any] = field(default_factory=dict)  # series -> imaging-model refinement figures
+    weights: dict[str, Any] = field(default_factory=dict)  # fitted exposure weights per group of series
 
 
 def masked_fsc(h1: np.ndarray, h2: np.ndarray, pixel_size: float, diameter_angstrom: float) -> FscCurve:
@@ -234,6 +243,24 @@ def wiener_halves(rec: Reconstructor, diameter_angstrom: float, *, wiener_relati
     return tuple(reconstruct(h, wiener_relative=wiener_relative).cpu().numpy().astype(np.float32) for h in rec.halves)  # type: ignore[return-value]
 
 
+def _item_selection(item: Any, names: list[str], parts: dict[str, Particles]) -> dict[str, tuple[np.ndarray, Particles]]:
+    sel = {}
+    for n in names:
+        rows = parts[n].in_item(item.data_digest)
+        if rows.size:
+            sel[n] = (rows, parts[n].select(np.isin(np.arange(len(parts[n])), rows)))
+    return sel
+
+
+def extract_item(snap: Any, pop: Population, item: Any, names: list[str], parts: dict[str, Particles], *,
+                 device: torch.device, resolution_angstrom: float | None = None) -> SeriesData:
+    """Extract one frame series' particles of ``names`` (:func:`mrepo.refine.series.extract_series`)."""
+    sel = _item_selection(item, names, parts)
+    frames = open_view_array(snap, item.raw_array)
+    return extract_series(item, frames, sel, {n: pop.species[n].box for n in sel}, device=device,
+                          resolution_angstrom=resolution_angstrom)
+
+
 def collect_series(
     snap: Any,
     pop: Population,
@@ -251,22 +278,13 @@ def collect_series(
     series: dict[str, SeriesData] = {}
     items_of: dict[str, tuple[str, Any]] = {}
     for src, item in pop.items():
-        if item.kind != "frames":
-            continue
-        sel = {}
-        for n in names:
-            rows = parts[n].in_item(item.data_digest)
-            if rows.size:
-                sel[n] = (rows, parts[n].select(np.isin(np.arange(len(parts[n])), rows)))
-        if not sel:
+        if item.kind != "frames" or not _item_selection(item, names, parts):
             continue
         if item.raw_array is None:
             raise InvalidInput("item has particles but no raw frames in the repository", f"{src.name}/{item.name}")
         key = f"{src.name}/{item.name}"
         say(f"extracting {key}")
-        frames = open_view_array(snap, item.raw_array)
-        series[key] = extract_series(item, frames, sel, {n: pop.species[n].box for n in sel}, device=device,
-                                     resolution_angstrom=resolution_angstrom)
+        series[key] = extract_item(snap, pop, item, names, parts, device=device, resolution_angstrom=resolution_angstrom)
         items_of[key] = (src.name, item)
     return series, items_of
 
@@ -399,141 +417,275 @@ def refine_repository(
             say(f"{n}: fewer than {options.min_particles_per_half} particles per half-set; its poses are kept, it shares the motion")
     settings = RefineSettings(params=frozenset(options.params), lbfgs_iterations=options.lbfgs_iterations, device=device,
                               ramp=tuple(options.ramp), pose_species=posed)
-    scores: list[tuple[str, float, float]] = []
     # the new state is staged in a transaction (the denoisers train into it); it
     # is committed at the end, or discarded: an interrupt leaves HEAD as it was
     txn = repo.transaction()
     try:
-        outcome = _loop_and_commit(repo, txn, options, pop, parts, names, series, items_of, models, settings, parent,
-                                   parent_res, particle_frames, device, say, t0, commit)
+        run = _Run(repo, txn, snap, options, pop, parts, names, series, items_of, models, settings, device, say)
+        outcome = run.loop(parent, parent_res, particle_frames, t0)
+        if commit:
+            outcome.commit = run.commit(outcome, parent, parent_res, t0)
     finally:
         txn.discard()
     outcome.seconds = time.perf_counter() - t0
     return outcome
 
 
-def _loop_and_commit(repo: Any, txn: Any, options: RefineOptions, pop: Population, parts: dict[str, Particles],
-                     names: list[str], series: dict[str, SeriesData], items_of: dict[str, tuple[str, Any]],
-                     models: dict[str, SeriesModel], settings: RefineSettings, parent: str,
-                     parent_res: dict[str, float], particle_frames: int,
-                     device: torch.device, say: Callable[[str], None], t0: float, commit: bool) -> RefineOutcome:
-    scores: list[tuple[str, float, float]] = []
-    # the starting point, reconstructed from these data with the starting parameters:
-    # the first references, and the "before" that the refined maps are compared with
-    say("reconstructing at the starting parameters")
-    recon = reconstruct_species(pop, series, models, names, device=device)
-    halves = {n: (recon[n][0], recon[n][1]) for n in names}
-    curves = {n: recon[n][2] for n in names}
-    fsc_before = dict(curves)
-    before = {n: _resolution(curves[n], pop.species[n].box, pop.species[n].pixel_size_angstrom) for n in names}
-    denoised = None
-    if options.iterations == 0:
-        say("iterations 0: reconstructing with the current parameters only (a set-up check)")
-    elif options.denoise:
-        denoised = _denoise(txn, pop, halves, options, device, final=False, say=say)
-    for it in range(options.iterations):
-        refs = _references(halves, pop, curves, options, device, denoised)
-        for key, data in series.items():
-            say(f"iteration {it + 1}/{options.iterations}: refining {key}")
-            res = refine_series(data, refs, models[key], settings)
-            models[key] = res.model
-            scores.append((key, res.score_before, res.score_after))
-        say(f"iteration {it + 1}/{options.iterations}: reconstructing")
-        recon = reconstruct_species(pop, series, models, names, device=device)
-        halves = {n: (recon[n][0], recon[n][1]) for n in names}
-        curves = {n: recon[n][2] for n in names}
-        if options.denoise:
-            denoised = _denoise(txn, pop, halves, options, device, final=it == options.iterations - 1, say=say)
-    after = {n: _resolution(curves[n], pop.species[n].box, pop.species[n].pixel_size_angstrom) for n in names}
-    for key, b, a in scores:
-        if not (math.isfinite(b) and math.isfinite(a)):
-            raise DegenerateResult("the target is not finite", key)
-    if scores and all(abs(b) < 1e-12 and abs(a) < 1e-12 for _, b, a in scores):
-        raise DegenerateResult("every score is zero: references and data do not correlate")
-    for n in names:
-        if after[n] > options.collapse_factor * before[n] + 1e-6 and options.iterations > 0:
-            raise DegenerateResult(
-                f"resolution collapsed from {before[n]:.2f} Å to {after[n]:.2f} Å; nothing committed", f"species {n}"
-            )
+IMAGING = ("defocus", "astigmatism", "beamtilt", "magnification", "doming")
 
-    outcome = RefineOutcome(
-        commit=None,
-        parent=parent,
-        species={n: SpeciesOutcome(n, len(parts[n]), before[n], after[n], fsc_before[n], curves[n]) for n in names},
-        iterations=options.iterations,
-        seconds=time.perf_counter() - t0,
-        series=len(series),
-        particle_frames=particle_frames,
-        scores=scores,
-        population=pop,
-        models=models,
-        maps=halves,
-    )
-    if not commit:
-        return outcome
 
-    # ---- write the new state --------------------------------------------------
-    apply_models(pop, parts, series, models, items_of, names, options.temporal_samples)
-    for n in names:
-        sp = pop.species[n]
-        for role, vol in (("half1", halves[n][0]), ("half2", halves[n][1])):
-            write_array(txn, sp.maps[role], vol, attributes={"voxel_size": [sp.pixel_size_angstrom] * 3, "voxel_size_unit": "angstrom"})
-        sp.resolution_angstrom = after[n]
-        sp.metrics = {**sp.metrics, "fsc": {"freqs_per_angstrom": curves[n].freqs_per_angstrom.tolist(), "fsc": curves[n].fsc.tolist()}}
-    # provenance: items record the species digests they were refined against,
-    # species record the items that contributed
-    write_population(txn, pop, items=False)  # writes particles first, giving the species digests
-    sp_digests = _current_species_digests(txn, names)
-    for key, (src_name, item) in items_of.items():
-        item.refined_with = {n: sp_digests[n] for n in names if n in series[key].blocks}
-    item_digests = {}
-    for key, (src_name, item) in items_of.items():
-        item_digests[item.data_digest] = write_item(txn, src_name, item)
-    for n in names:
-        pop.species[n].contributors = {d: item_digests[d] for d in parts[n].items if d in item_digests}
-    write_population(txn, pop, items=False)
-    # a map worse than its parent's (the stored half-maps, measured the same way)
-    # is committed only with a warning in the message and the metadata
-    worse = {n: {"parent": round(parent_res[n], 3), "now": round(after[n], 3)}
-             for n in names if after[n] > parent_res[n] * 1.0001}
-    meta = {
-        "operation": "refine",
-        "parent": parent,
-        "parameters": {
-            "iterations": options.iterations,
-            "species": names,
-            "params": list(options.params),
-            "grid": list(options.grid),
-            "levels": options.levels,
-            "temporal_samples": options.temporal_samples,
-            "resolution_angstrom": options.resolution_angstrom,
-            "lbfgs_iterations": options.lbfgs_iterations,
-            "denoise": options.denoise,
-            "denoise_iterations": options.denoise_iterations if options.denoise else 0,
-            "denoise_crop": options.denoise_crop,
-            "device": str(device),
-            "seed": options.seed,
-        },
-        "resolution_angstrom": {n: {"parent": round(parent_res[n], 3), "before": round(before[n], 3), "after": round(after[n], 3)}
-                                for n in names},
-        "species_digests": _current_species_digests(txn, names),
-        "item_digests": {f"{s}/{it.name}": item_digests[it.data_digest] for s, it in items_of.values()},
-        "series": len(series),
-        "particle_frames": particle_frames,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "summary": ", ".join(f"{n} {before[n]:.2f}->{after[n]:.2f} Å" for n in names),
-    }
-    if worse:
-        meta["worse_than_parent"] = worse
-        say("WARNING: " + ", ".join(f"{n} is worse than in the parent commit ({w['parent']:.2f} -> {w['now']:.2f} Å)" for n, w in worse.items()))
-    msg = options.message or (
-        f"Reconstruct at current parameters ({meta['summary']})" if options.iterations == 0
-        else f"Refine {'+'.join(options.params)}, {options.iterations} iterations: {meta['summary']}"
-    )
-    if worse:
-        msg += " [WORSE than parent: " + ", ".join(worse) + "]"
-    outcome.commit = txn.commit(msg, metadata=meta)
-    return outcome
+@dataclass
+class _Run:
+    """The state of one ``mrepo refine`` between its start and its commit."""
+
+    repo: Any
+    txn: Any
+    snap: Any
+    options: RefineOptions
+    pop: Population
+    parts: dict[str, Particles]
+    names: list[str]
+    series: dict[str, SeriesData]
+    items_of: dict[str, tuple[str, Any]]
+    models: dict[str, SeriesModel]
+    settings: RefineSettings
+    device: torch.device
+    say: Callable[[str], None]
+    halves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    curves: dict[str, FscCurve] = field(default_factory=dict)
+    imaging: dict[str, dict[str, Any]] = field(default_factory=dict)  # series key -> what the imaging step found
+    weights: dict[str, Any] = field(default_factory=dict)  # "F frames" -> fitted FrameWeights
+    scores: list[tuple[str, float, float]] = field(default_factory=list)
+
+    # -- steps -------------------------------------------------------------------------------
+    def reconstruct(self) -> None:
+        recon = reconstruct_species(self.pop, self.series, self.models, self.names, device=self.device)
+        self.halves = {n: (recon[n][0], recon[n][1]) for n in self.names}
+        self.curves = {n: recon[n][2] for n in self.names}
+
+    def resolution(self, n: str) -> float:
+        sp = self.pop.species[n]
+        return _resolution(self.curves[n], sp.box, sp.pixel_size_angstrom)
+
+    def motion_and_poses(self, it: int, refs: dict[str, SpeciesReference]) -> None:
+        if not {"motion", "poses"} & set(self.options.params):
+            return
+        for key, data in self.series.items():
+            self.say(f"iteration {it + 1}/{self.options.iterations}: refining {key}")
+            res = refine_series(data, refs, self.models[key], self.settings)
+            self.models[key] = res.model
+            self.scores.append((key, res.score_before, res.score_after))
+
+    def imaging_model(self, it: int, refs: dict[str, SpeciesReference]) -> None:
+        """Per series: fit the chosen imaging groups on the species finer than the minimum
+        resolution, fold them into the item and the particles, extract again."""
+        from .imaging import ImagingSettings, apply_imaging, ctf_data, refine_imaging
+
+        groups = frozenset(g for g in self.options.params if g in IMAGING)
+        if not groups:
+            return
+        fine = [n for n in self.names if self.resolution(n) <= self.options.min_ctf_resolution_angstrom]
+        if not fine:
+            self.say(f"iteration {it + 1}: imaging model not refined: no species is finer than "
+                     f"{self.options.min_ctf_resolution_angstrom:g} Å yet")
+            return
+        settings = ImagingSettings(groups=groups)
+        for key, data in list(self.series.items()):
+            src, item = self.items_of[key]
+            here = [n for n in fine if n in data.blocks]
+            if not here:
+                continue
+            self.say(f"iteration {it + 1}/{self.options.iterations}: imaging model of {key} ({', '.join(sorted(groups))})")
+            frames = open_view_array(self.snap, item.raw_array)
+            blocks = ctf_data(item, frames, data, self.models[key], refs, here,
+                              groups=settings.temporal_groups if "doming" in groups else 1, device=self.device)
+            res = refine_imaging(blocks, item, settings, device=self.device)
+            done = apply_imaging(item, {n: self.parts[n] for n in here}, res, blocks, groups)
+            for n, c in done["coordinates"].items():
+                p = self.parts[n]
+                self.parts[n] = Particles(p.items, p.item, c, p.angles, p.half_set, p.extra)
+            a, ang = res.params.astigmatism()
+            self.imaging[key] = {
+                "species": here, "score_before": round(res.score_before, 4), "score_after": round(res.score_after, 4),
+                "defocus_change_rms_angstrom": {k: round(v, 1) for k, v in done["rms_defocus_change_angstrom"].items()},
+                "defocus_search_kept": res.kept, "box": res.box,
+                "astigmatism_angstrom": round(item.imaging.astigmatism_angstrom, 2),
+                "astigmatism_angle_deg": round(item.imaging.astigmatism_angle_deg, 2),
+                "beam_tilt_mrad": list(item.imaging.beam_tilt_mrad),
+                "mag_matrix": [list(r) for r in item.imaging.mag_matrix],
+            }
+            # the premultiplied data depend on the CTF: extract again (same particles, same order)
+            old = self.series[key]
+            self.series[key] = extract_item(self.snap, self.pop, item, self.names, self.parts, device=self.device,
+                                            resolution_angstrom=self.options.resolution_angstrom)
+            if old.frame_weights is not None:
+                set_frame_weights(self.series[key], old.frame_weights)
+
+    def exposure_weights(self, it: int, refs: dict[str, SpeciesReference]) -> None:
+        """Fit per-frame (an)isotropic B-factors and scales to the per-frequency NCC of all
+        species (weighted by their FSC), for every group of series with the same number of
+        frames; they weight the next iteration's target and the reconstruction."""
+        from .weights import fit_frame_weights
+
+        if "weights" not in self.options.params:
+            return
+        by_frames: dict[str, list[str]] = {}
+        for key, data in self.series.items():
+            group = key if self.options.weights_per_series else f"{data.geometry.n_frames} frames"
+            by_frames.setdefault(group, []).append(key)
+        for label, keys in by_frames.items():
+            stats: dict[str, Any] = {}
+            for key in keys:
+                for n, st in frame_ncc_stats(self.series[key], refs, self.models[key]).items():
+                    if n in stats:
+                        stats[n] += st
+                    else:
+                        stats[n] = st
+            for n, st in stats.items():
+                c = self.curves[n]
+                st.fsc = np.interp(st.k, c.freqs_per_angstrom, np.clip(c.fsc, 0.0, 1.0), right=0.0)
+            try:
+                w = fit_frame_weights(list(stats.values()), anisotropic=self.options.anisotropic_weights)
+            except DegenerateResult as e:
+                self.say(f"iteration {it + 1}: exposure weights not fitted ({e.message})")
+                continue
+            self.weights[label] = w
+            for key in keys:
+                set_frame_weights(self.series[key], w)
+                self.items_of[key][1].grids.update(w.to_grids())
+            self.say(f"iteration {it + 1}: exposure weights fitted for {label} ({len(keys)} series) "
+                     f"(B {w.bfactor.min():.0f}..{w.bfactor.max():.0f} Å², largest anisotropy {w.delta.max():.0f} Å²)")
+        if self.options.weights_png and self.weights:
+            from .weights import plot_frame_weights
+
+            label, w = next(iter(self.weights.items()))
+            plot_frame_weights(w, self.options.weights_png, title=f"fitted exposure weights ({label})")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def loop(self, parent: str, parent_res: dict[str, float], particle_frames: int, t0: float) -> RefineOutcome:
+        opts, names = self.options, self.names
+        # the starting point, reconstructed from these data with the starting parameters:
+        # the first references, and the "before" that the refined maps are compared with
+        self.say("reconstructing at the starting parameters")
+        self.reconstruct()
+        fsc_before = dict(self.curves)
+        before = {n: self.resolution(n) for n in names}
+        denoised = None
+        if opts.iterations == 0:
+            self.say("iterations 0: reconstructing with the current parameters only (a set-up check)")
+        elif opts.denoise:
+            denoised = _denoise(self.txn, self.pop, self.halves, opts, self.device, final=False, say=self.say)
+        for it in range(opts.iterations):
+            refs = _references(self.halves, self.pop, self.curves, opts, self.device, denoised)
+            self.motion_and_poses(it, refs)
+            self.imaging_model(it, refs)
+            self.exposure_weights(it, refs)
+            self.say(f"iteration {it + 1}/{opts.iterations}: reconstructing")
+            self.reconstruct()
+            if opts.denoise:
+                denoised = _denoise(self.txn, self.pop, self.halves, opts, self.device, final=it == opts.iterations - 1,
+                                    say=self.say)
+        after = {n: self.resolution(n) for n in names}
+        for key, b, a in self.scores:
+            if not (math.isfinite(b) and math.isfinite(a)):
+                raise DegenerateResult("the target is not finite", key)
+        if self.scores and all(abs(b) < 1e-12 and abs(a) < 1e-12 for _, b, a in self.scores):
+            raise DegenerateResult("every score is zero: references and data do not correlate")
+        for n in names:
+            if after[n] > opts.collapse_factor * before[n] + 1e-6 and opts.iterations > 0:
+                raise DegenerateResult(
+                    f"resolution collapsed from {before[n]:.2f} Å to {after[n]:.2f} Å; nothing committed", f"species {n}"
+                )
+        return RefineOutcome(
+            commit=None,
+            parent=parent,
+            species={n: SpeciesOutcome(n, len(self.parts[n]), before[n], after[n], fsc_before[n], self.curves[n]) for n in names},
+            iterations=opts.iterations,
+            seconds=time.perf_counter() - t0,
+            series=len(self.series),
+            particle_frames=particle_frames,
+            scores=self.scores,
+            population=self.pop,
+            models=self.models,
+            maps=self.halves,
+            parts=self.parts,
+            imaging=self.imaging,
+            weights={k: w.to_json() for k, w in self.weights.items()},
+        )
+
+    # -- the commit ------------------------------------------------------------------------
+    def commit(self, outcome: RefineOutcome, parent: str, parent_res: dict[str, float], t0: float) -> str:
+        opts, names, pop, txn = self.options, self.names, self.pop, self.txn
+        before = {n: s.resolution_before for n, s in outcome.species.items()}
+        after = {n: s.resolution_after for n, s in outcome.species.items()}
+        apply_models(pop, self.parts, self.series, self.models, self.items_of, names, opts.temporal_samples)
+        for n in names:
+            sp = pop.species[n]
+            for role, vol in (("half1", self.halves[n][0]), ("half2", self.halves[n][1])):
+                write_array(txn, sp.maps[role], vol, attributes={"voxel_size": [sp.pixel_size_angstrom] * 3, "voxel_size_unit": "angstrom"})
+            sp.resolution_angstrom = after[n]
+            c = self.curves[n]
+            sp.metrics = {**sp.metrics, "fsc": {"freqs_per_angstrom": c.freqs_per_angstrom.tolist(), "fsc": c.fsc.tolist()}}
+        # provenance: items record the species digests they were refined against,
+        # species record the items that contributed
+        write_population(txn, pop, items=False)  # writes particles first, giving the species digests
+        sp_digests = _current_species_digests(txn, names)
+        for key, (src_name, item) in self.items_of.items():
+            item.refined_with = {n: sp_digests[n] for n in names if n in self.series[key].blocks}
+        item_digests = {}
+        for key, (src_name, item) in self.items_of.items():
+            item_digests[item.data_digest] = write_item(txn, src_name, item)
+        for n in names:
+            pop.species[n].contributors = {d: item_digests[d] for d in self.parts[n].items if d in item_digests}
+        write_population(txn, pop, items=False)
+        # a map worse than its parent's (the stored half-maps, measured the same way)
+        # is committed only with a warning in the message and the metadata
+        worse = {n: {"parent": round(parent_res[n], 3), "now": round(after[n], 3)}
+                 for n in names if after[n] > parent_res[n] * 1.0001}
+        meta: dict[str, Any] = {
+            "operation": "refine",
+            "parent": parent,
+            "parameters": {
+                "iterations": opts.iterations,
+                "species": names,
+                "params": list(opts.params),
+                "grid": list(opts.grid),
+                "levels": opts.levels,
+                "temporal_samples": opts.temporal_samples,
+                "resolution_angstrom": opts.resolution_angstrom,
+                "lbfgs_iterations": opts.lbfgs_iterations,
+                "denoise": opts.denoise,
+                "denoise_iterations": opts.denoise_iterations if opts.denoise else 0,
+                "denoise_crop": opts.denoise_crop,
+                "min_ctf_resolution_angstrom": opts.min_ctf_resolution_angstrom,
+                "anisotropic_weights": opts.anisotropic_weights,
+                "device": str(self.device),
+                "seed": opts.seed,
+            },
+            "resolution_angstrom": {n: {"parent": round(parent_res[n], 3), "before": round(before[n], 3), "after": round(after[n], 3)}
+                                    for n in names},
+            "species_digests": _current_species_digests(txn, names),
+            "item_digests": {f"{s}/{it.name}": item_digests[it.data_digest] for s, it in self.items_of.values()},
+            "series": len(self.series),
+            "particle_frames": outcome.particle_frames,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "summary": ", ".join(f"{n} {before[n]:.2f}->{after[n]:.2f} Å" for n in names),
+        }
+        if self.imaging:
+            meta["imaging"] = self.imaging
+        if self.weights:
+            meta["exposure_weights"] = {k: w.to_json() for k, w in self.weights.items()}
+        if worse:
+            meta["worse_than_parent"] = worse
+            self.say("WARNING: " + ", ".join(f"{n} is worse than in the parent commit ({w['parent']:.2f} -> {w['now']:.2f} Å)"
+                                           for n, w in worse.items()))
+        msg = opts.message or (
+            f"Reconstruct at current parameters ({meta['summary']})" if opts.iterations == 0
+            else f"Refine {'+'.join(opts.params)}, {opts.iterations} iterations: {meta['summary']}"
+        )
+        if worse:
+            msg += " [WORSE than parent: " + ", ".join(worse) + "]"
+        return txn.commit(msg, metadata=meta)
 
 
 def _current_species_digests(txn: Any, names: list[str]) -> dict[str, str]:

@@ -51,12 +51,12 @@ import numpy as np
 import torch
 
 from ..errors import DegenerateResult
-from ..model import motion_grid_pairs, motion_shifts
+from ..model import defocus_at, motion_grid_pairs, motion_shifts
 from .aliasing import aliasing_free_box, ctf_squared_bandlimited, premultiply_ctf
 from .backprojection import Reconstructor
-from .ctf import CtfParams
+from .ctf import Aberrations, CtfParams
 from .deformation import MotionPyramid, eval_grid, normalised_time, spline_basis
-from .dose import dose_crop_frequency, dose_weights
+from .weights import FrameWeights
 from .euler import euler_to_matrix
 from .fourier import freq_grid_2d, rfft2_centered
 from .projection import FourierVolume, project_rotations
@@ -116,8 +116,12 @@ class SpeciesBlock:
     angles0: (Np, T, 3) starting orientation trajectory (deg).
     centres_px: (Np, F, 2) integer extraction centres (x, y px).
     data: (Np, F, b, b//2+1) complex: CTF-premultiplied, centred rfft of the particle images.
-    ctf2: (Np, b, b//2+1) band-limited CTF² (the weight matching ``data``).
+    ctf2: (Np, Fc, b, b//2+1) band-limited CTF² (the weight matching ``data``); Fc = F when
+        the defocus changes over the exposure (doming), else 1.
     box: species box b (px).
+    distortion: (3, 3) ``Eᵀ`` with ``E = [[M, 0], [0, 1]]`` for the item's anisotropic
+        magnification ``M`` (RELION's ``rlnMagMat``: image frequency k is specimen
+        frequency M k), applied to the particles' rotations; None for none.
     """
 
     species: str
@@ -129,6 +133,7 @@ class SpeciesBlock:
     data: torch.Tensor
     ctf2: torch.Tensor
     box: int
+    distortion: torch.Tensor | None = None
     cache: dict = field(default_factory=dict, repr=False, compare=False)  # derived, see _block_cache
 
     def __len__(self) -> int:
@@ -147,8 +152,9 @@ class SeriesData:
     geometry: SeriesGeometry
     blocks: dict[str, SpeciesBlock]
     whitening: dict[int, torch.Tensor]  # box -> (b, b//2+1) 1/sqrt(noise power)
-    dose_w: dict[int, torch.Tensor]  # box -> (F, b, b//2+1) dose weights
-    dose_kmax: np.ndarray  # (F,) 1/Å beyond which a frame's dose weight < 0.25
+    dose_w: dict[int, torch.Tensor]  # box -> (F, b, b//2+1) exposure weights (:func:`set_frame_weights`)
+    dose_kmax: np.ndarray  # (F,) 1/Å beyond which a frame's exposure weight < 0.25
+    frame_weights: Any = None  # the :class:`~mrepo.refine.weights.FrameWeights` behind dose_w
 
 
 @dataclass
@@ -289,6 +295,60 @@ def _radial_average(power: torch.Tensor, box: int) -> torch.Tensor:
     return (sums / counts.clamp(min=1))[r]
 
 
+def imaging_aberrations(im: Any) -> Aberrations | None:
+    """The optics beyond the basic CTF of an imaging model (beam tilt, Zernike terms,
+    anisotropic magnification), or None when it has none."""
+    bt = tuple(float(v) for v in im.beam_tilt_mrad)
+    odd = tuple(im.odd_zernike) or None
+    even = tuple(im.even_zernike) or None
+    mag = None if _is_identity(im.mag_matrix) else [list(r) for r in im.mag_matrix]
+    if bt == (0.0, 0.0) and odd is None and even is None and mag is None:
+        return None
+    return Aberrations(beam_tilt_mrad=None if bt == (0.0, 0.0) else bt, odd_zernike=odd, even_zernike=even, mag_matrix=mag)
+
+
+def _is_identity(m: Any) -> bool:
+    return np.allclose(np.asarray(m, np.float64), np.eye(2), atol=1e-9)
+
+
+def mag_distortion(mag_matrix: Any, *, device=None) -> torch.Tensor | None:
+    """``Eᵀ`` (3, 3) for ``E = [[M, 0], [0, 1]]``: rotations ``Eᵀ A`` make the projector sample
+    the slice at ``Aᵀ (M k, 0)`` (None for the identity)."""
+    if isinstance(mag_matrix, torch.Tensor):
+        m = mag_matrix.to(dtype=torch.float32, device=device)
+    else:
+        if _is_identity(mag_matrix):
+            return None
+        m = torch.as_tensor(np.asarray(mag_matrix, np.float32), device=device)
+    top = torch.cat([m.T, torch.zeros((2, 1), device=m.device)], dim=1)
+    bottom = torch.tensor([[0.0, 0.0, 1.0]], device=m.device)
+    return torch.cat([top, bottom], dim=0)
+
+
+def particle_ctf(item: Any, geom: SeriesGeometry, coords: np.ndarray) -> CtfParams:
+    """CTF parameters (batch (N, Fc)) of particles with (N, T, 3) coordinates: the item's defocus
+    and astigmatism at each particle (:func:`mrepo.model.defocus_at`: GridCTF, GridCTFDoming...)
+    plus the particle's z; Fc = F frames when that changes over the exposure, else 1."""
+    im = item.imaging
+    c = np.asarray(coords, np.float64)
+    n = c.shape[0]
+    x, y = geom.normalised_xy(c[:, 0, :2])
+    t = normalised_time(geom.n_frames, dtype=torch.float64).numpy()
+    du, dv, ang = defocus_at(item, x[:, None], y[:, None], t[None, :])
+    if n and all(np.allclose(a, a[:, :1]) for a in (du, dv, ang)):
+        du, dv, ang = du[:, :1], dv[:, :1], ang[:, :1]
+    z = c[:, 0, 2:3] if c.shape[-1] > 2 else np.zeros((n, 1))
+    return CtfParams(
+        voltage_kv=float(im.voltage_kv),
+        cs_mm=float(im.cs_mm),
+        amplitude_contrast=float(im.amplitude_contrast),
+        defocus_u_angstrom=torch.as_tensor(du + z, dtype=torch.float32),
+        defocus_v_angstrom=torch.as_tensor(dv + z, dtype=torch.float32),
+        defocus_angle_deg=torch.as_tensor(ang, dtype=torch.float32),
+        phase_shift_deg=float(im.phase_shift_deg),
+    )
+
+
 def extract_series(
     item: Any,
     frames: Any,
@@ -312,6 +372,8 @@ def extract_series(
     pix = float(im.pixel_size_angstrom)
     f, h, w = (int(s) for s in frames.shape)
     geom = SeriesGeometry(f, h, w, pix, np.asarray(item.exposure_mid, float), motion_grid_pairs(item.grids))
+    ab = imaging_aberrations(im)
+    distortion = mag_distortion(im.mag_matrix, device=device)
     blocks: dict[str, SpeciesBlock] = {}
     power_sum: dict[int, torch.Tensor] = {}
     power_n: dict[int, int] = {}
@@ -323,20 +385,11 @@ def extract_series(
         pos = series_positions(geom, torch.as_tensor(coords0), None).numpy()
         centres = np.round(pos / pix).astype(np.int64)
         n = len(rows)
-        # CTF per particle: item defocus plus the particle's height z
-        dz = coords0[:, 0, 2] if coords0.shape[-1] > 2 else np.zeros(n, np.float32)
-        params = CtfParams(
-            voltage_kv=float(im.voltage_kv),
-            cs_mm=float(im.cs_mm),
-            amplitude_contrast=float(im.amplitude_contrast),
-            defocus_u_angstrom=torch.as_tensor(im.defocus_u_angstrom + dz, dtype=torch.float32),
-            defocus_v_angstrom=torch.as_tensor(im.defocus_v_angstrom + dz, dtype=torch.float32),
-            defocus_angle_deg=float(im.astigmatism_angle_deg),
-            phase_shift_deg=float(im.phase_shift_deg),
-        )
+        params = particle_ctf(item, geom, coords0)  # (n, Fc): the item's defocus at the particle plus its z
         work = box
         if n:
-            work = max(box, aliasing_free_box(params, pix, resolution_angstrom, particle_diameter_angstrom=0.0, min_box=box))
+            work = max(box, aliasing_free_box(params, pix, resolution_angstrom, particle_diameter_angstrom=0.0, min_box=box,
+                                              aberrations=ab))
         raw = _extract_boxes(frames, centres, work)  # (n, F, L, L)
         raw_t = torch.as_tensor(raw, device=device)
         # noise spectrum from the raw boxes (signal is weak per frame): for whitening
@@ -345,11 +398,12 @@ def extract_series(
             ps = (rfft2_centered(inner).abs() ** 2).mean(dim=(0, 1))
             power_sum[box] = power_sum.get(box, 0) + ps * n
             power_n[box] = power_n.get(box, 0) + n
-        pp = CtfParams(**{k: (v[:, None] if isinstance(v, torch.Tensor) else v) for k, v in params.__dict__.items()})
-        pre = premultiply_ctf(raw_t, pp, pix, box, work_box=work) if n else torch.zeros((0, f, box, box))
+        pre = premultiply_ctf(raw_t, params, pix, box, work_box=work, aberrations=ab) if n else torch.zeros((0, f, box, box))
         data = rfft2_centered(pre).to(torch.complex64)
-        ctf2 = ctf_squared_bandlimited(params, pix, box, work, device=device) if n else torch.zeros((0, box, box // 2 + 1))
-        blocks[sp] = SpeciesBlock(sp, np.asarray(rows), half, coords0, angles0, centres, data, ctf2.to(torch.float32), box)
+        ctf2 = (ctf_squared_bandlimited(params, pix, box, work, aberrations=ab, device=device) if n
+                else torch.zeros((0, 1, box, box // 2 + 1)))
+        blocks[sp] = SpeciesBlock(sp, np.asarray(rows), half, coords0, angles0, centres, data, ctf2.to(torch.float32), box,
+                                  distortion)
     whitening = {}
     dose_w = {}
     for box in {b.box for b in blocks.values()}:
@@ -358,9 +412,62 @@ def extract_series(
             whitening[box] = 1.0 / torch.sqrt(ps.clamp(min=ps[ps > 0].min() if (ps > 0).any() else 1.0))
         else:
             whitening[box] = torch.ones((box, box // 2 + 1), device=device)
-        dose_w[box] = dose_weights(torch.as_tensor(geom.exposure_mid), box, pix, device=device)
-    kmax = dose_crop_frequency(torch.as_tensor(geom.exposure_mid))
-    return SeriesData(item.name, item.data_digest, geom, blocks, whitening, dose_w, kmax)
+    data = SeriesData(item.name, item.data_digest, geom, blocks, whitening, dose_w, np.zeros(f))
+    set_frame_weights(data, FrameWeights.for_item(item))
+    return data
+
+
+def set_frame_weights(data: SeriesData, weights: FrameWeights) -> None:
+    """Use these exposure weights in the series' target and reconstruction from now on
+    (the exposure model, or weights fitted to the data: :mod:`mrepo.refine.weights`)."""
+    pix = data.geometry.pixel_size_angstrom
+    for box in {b.box for b in data.blocks.values()} | set(data.whitening):
+        data.dose_w[box] = weights.weights(box, pix, device=data.whitening[box].device)
+    data.dose_kmax = weights.crop_frequency()
+    data.frame_weights = weights
+    for block in data.blocks.values():
+        block.cache.clear()  # stage data depend on the weights
+
+
+def frame_ncc_stats(data: SeriesData, refs: dict[str, SpeciesReference], model: SeriesModel, *, sectors: int = 12,
+                    batch: int = 4096) -> dict[str, Any]:
+    """Per species, the sums behind the per-frame NCC of particles and references in (shell,
+    direction sector) bins (:class:`mrepo.refine.weights.NccStats`, ``fsc`` left at 1): the
+    data :func:`mrepo.refine.weights.fit_frame_weights` fits. The model is ``CTF² · P`` at
+    each frame's position, without exposure weights."""
+    from .projection import disk_pixels
+    from .weights import NccStats, bin_indices
+
+    out = {}
+    pix = data.geometry.pixel_size_angstrom
+    f = data.geometry.n_frames
+    for sp, block in data.blocks.items():
+        n, box = len(block), block.box
+        if n == 0 or sp not in refs:
+            continue
+        with torch.no_grad():
+            origin, rots = _block_geometry(data, block, model)
+            ref = replace(refs[sp], r_max_px=box / 2)
+            flat, kx, ky = disk_pixels(box, box / 2, device=block.data.device)
+            proj = _projections(block, ref, rots, batch)  # (Np, Fr, M)
+            phi = _shift_phases(kx, ky, origin, box, pix)  # (Np, F, M)
+            m = block.ctf2.reshape(n, block.ctf2.shape[1], -1)[..., flat] * proj * phi
+            d = block.data.reshape(n, f, -1)[..., flat]
+            num = (d.real * m.real + d.imag * m.imag).sum(0)  # (F, M)
+            dd = (d.real**2 + d.imag**2).sum(0)
+            mm = (m.real**2 + m.imag**2).sum(0)
+            idx, k, psi = bin_indices(box, pix, sectors, device=block.data.device)
+            bins = idx.reshape(-1)[flat]
+            keep = bins >= 0
+            nb = len(k) * sectors
+
+            def binned(v: torch.Tensor) -> np.ndarray:
+                acc = torch.zeros((f, nb), dtype=torch.float64, device=v.device)
+                acc.index_add_(1, bins[keep], v[:, keep].to(torch.float64))
+                return acc.reshape(f, len(k), sectors).cpu().numpy()
+
+            out[sp] = NccStats(binned(num), binned(dd), binned(mm), k, psi, np.ones(len(k)))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -472,6 +579,8 @@ def _block_geometry(
             torch.einsum("ft,ntc->nfc", _time_basis(f, block.angles0.shape[1], dev), torch.as_tensor(block.angles0, device=dev))))
         w = torch.einsum("ft,ntc->nfc", _time_basis(f, omega.shape[1], dev), omega)
         rots = a0 @ rotvec_matrix(w)
+    if block.distortion is not None:
+        rots = block.distortion @ rots
     return origin, rots
 
 
@@ -518,7 +627,7 @@ def _stage(data: SeriesData, block: SpeciesBlock, r_max_px: float, per_frame: bo
         white = (data.whitening[box] ** 2).reshape(-1)[flat]
         d = block.data.reshape(len(block), f, -1)[..., flat]
         dw = data.dose_w[box].reshape(f, -1)[:, flat]
-        mw = block.ctf2.reshape(len(block), -1)[:, flat][:, None, :] * dw[None]  # (Np, F, M)
+        mw = block.ctf2.reshape(len(block), block.ctf2.shape[1], -1)[..., flat] * dw[None]  # (Np, F, M)
         w = (mask * white[None])[None]  # (1, F, M)
         dd = (w * (d.real**2 + d.imag**2)).sum(dim=(1, 2))
         mmw = w * mw * mw
@@ -744,7 +853,7 @@ def backproject_series(
             mask = _frequency_mask(data, box, box / 2, block.data.device)  # dose crop only
             inv_noise = data.whitening[box] ** 2  # 1 / noise power: data and weights in SNR units
             x = block.data * (dw * mask * inv_noise)[None]  # (Np, F, b, b2)
-            wts = block.ctf2[:, None] * (dw * dw * mask * inv_noise)[None]
+            wts = block.ctf2 * (dw * dw * mask * inv_noise)[None]  # (Np, F, b, b2)
             if rots.shape[1] == 1:
                 ky, kx = freq_grid_2d(box, None, device=block.data.device)
                 phi = _shift_phases(kx.reshape(-1), ky.reshape(-1), origin, box, data.geometry.pixel_size_angstrom)
