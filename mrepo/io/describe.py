@@ -101,6 +101,13 @@ def item_lines(view: Any, pop: Population, source: str, name: str) -> list[str]:
                 f"astigmatism {im.astigmatism_angstrom:.1f} Å at {im.astigmatism_angle_deg:g}°, phase shift {im.phase_shift_deg:g}°"),
         ("dose", f"{float(np.sum(it.dose)):.4g} e⁻/Å² in {it.n} {'frames' if it.kind == 'frames' else 'tilts'}"),
     ]
+    mag = np.asarray(im.mag_matrix, np.float64)
+    optics = [f"beam tilt ({im.beam_tilt_mrad[0]:.3f}, {im.beam_tilt_mrad[1]:.3f}) mrad"]
+    if not np.allclose(mag, np.eye(2)):
+        optics.append("magnification [[" + ", ".join(f"{v:.5f}" for v in mag[0]) + "], [" + ", ".join(f"{v:.5f}" for v in mag[1]) + "]]")
+    if im.odd_zernike or im.even_zernike:
+        optics.append(f"Zernike {len(im.odd_zernike)} odd, {len(im.even_zernike)} even")
+    rows.append(("optics", ", ".join(optics)))
     if it.tilt_angles_deg is not None:
         a = it.tilt_angles_deg
         rows.append(("tilts", f"{float(a.min()):g}° to {float(a.max()):g}°, {int(np.sum(it.use))} of {it.n} used"))
