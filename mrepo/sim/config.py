@@ -120,6 +120,13 @@ class SimConfig:
     over a 40 e⁻/Å² exposure (relative shot noise 0.08), and a detector DQE near 0.5;
     smaller complexes have proportionally less (``small``: about 0.25).
 
+    Flexible domain (off by default; :mod:`mrepo.sim.flexible`): with ``flexible_angstrom`` > 0,
+    the species ``flexible_species`` (None: the first one) has a domain, the
+    ``flexible_fraction`` of each asymmetric unit's atoms on one side of a plane, that takes
+    one of ``flexible_conformations`` rigid poses per particle (rotations about a hinge,
+    drawn from the seed, RMS displacement of the domain's atoms ``flexible_angstrom`` Å);
+    the species' true map is then the mean over its particles' conformations.
+
     Starting values ("as imported", Warp/RELION-like): particle positions off by
     ``pose_shift_error_px`` RMS (2D), orientations by ``pose_angle_error_deg`` RMS
     (a random rotation), defocus by ``defocus_error_angstrom`` RMS; the global drift
@@ -182,6 +189,11 @@ class SimConfig:
     astigmatism_angle_error_deg: float = 3.0
     tilt_shift_error_angstrom: float = 2.0
     tilt_defocus_error_angstrom: float = 100.0
+    # flexible domain (off: flexible_angstrom = 0)
+    flexible_angstrom: float = 0.0
+    flexible_fraction: float = 0.25
+    flexible_conformations: int = 8
+    flexible_species: str | None = None
     # what is built
     reconstruct_half_maps: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -216,6 +228,15 @@ class SimConfig:
             raise InvalidInput("doming and blur amplitudes must be >= 0 (Å)", f"{self.doming_angstrom}, {self.blur_angstrom}")
         if int(self.blur_frames) != self.blur_frames or self.blur_frames < 0:
             raise InvalidInput("blur frames must be an integer >= 0", str(self.blur_frames))
+        if not self.flexible_angstrom >= 0:
+            raise InvalidInput("the flexible domain's displacement must be >= 0 (Å)", str(self.flexible_angstrom))
+        if self.flexible_angstrom > 0:
+            if not 0 < self.flexible_fraction < 1:
+                raise InvalidInput("the flexible fraction must be in (0, 1)", str(self.flexible_fraction))
+            if int(self.flexible_conformations) != self.flexible_conformations or not 2 <= self.flexible_conformations <= 64:
+                raise InvalidInput("flexible conformations must be an integer from 2 to 64", str(self.flexible_conformations))
+            if self.flexible_species is not None and self.flexible_species not in names:
+                raise InvalidInput("the flexible species is not simulated", str(self.flexible_species))
         if not all(1 <= t <= 16 for t in self.trajectory_samples):
             raise InvalidInput("trajectory samples must be between 1 and 16", str(self.trajectory_samples))
 
@@ -223,6 +244,12 @@ class SimConfig:
     def proportions(self) -> dict[str, float]:
         total = sum(s.proportion for s in self.species)
         return {s.name: s.proportion / total for s in self.species}
+
+    def flexible_name(self) -> str | None:
+        """The species with a flexible domain, or None (off)."""
+        if not self.flexible_angstrom > 0:
+            return None
+        return self.flexible_species if self.flexible_species is not None else self.species[0].name
 
     def tilt_angles(self) -> np.ndarray:
         """(n,) nominal tilt angles (deg), sorted ascending (the stack order)."""

@@ -98,10 +98,9 @@ def pose_error_deg(pop: Population, truth: Truth, species: str | Iterable[str] |
     return float(np.sqrt((e**2).mean()))
 
 
-def defocus_rmse(pop: Population, truth: Truth, species: str | Iterable[str] | None = None) -> float:
-    """RMS (Å) of the per-particle defocus error of frame-series particles: (item defocus + z)
-    estimated minus true (astigmatism excluded: it is an item property)."""
-    errs = []
+def _frame_particles(pop: Population, truth: Truth, species: str | Iterable[str] | None):
+    """Yield ``(item, true item, estimated particles, true particles, rows)`` for every frame
+    series holding particles of the chosen species (rows: that species' rows in the item)."""
     for name in _species(pop, truth, species):
         est = pop.species[name].particles.load()
         tru = truth.particles[name]
@@ -109,12 +108,16 @@ def defocus_rmse(pop: Population, truth: Truth, species: str | Iterable[str] | N
             if item.kind != "frames":
                 continue
             idx = est.in_item(item.data_digest)
-            if not len(idx):
-                continue
-            it_true = truth.item_by_digest(item.data_digest).item
-            d_est = item.imaging.defocus_angstrom + np.asarray(est.coordinates)[idx][:, 0, 2]
-            d_true = it_true.imaging.defocus_angstrom + np.asarray(tru.coordinates)[idx][:, 0, 2]
-            errs.append(d_est - d_true)
+            if len(idx):
+                yield item, truth.item_by_digest(item.data_digest).item, est, tru, idx
+
+
+def defocus_rmse(pop: Population, truth: Truth, species: str | Iterable[str] | None = None) -> float:
+    """RMS (Å) of the per-particle defocus error of frame-series particles: (item defocus + z)
+    estimated minus true (astigmatism excluded: it is an item property)."""
+    errs = [(item.imaging.defocus_angstrom + np.asarray(est.coordinates)[idx][:, 0, 2])
+            - (it_true.imaging.defocus_angstrom + np.asarray(tru.coordinates)[idx][:, 0, 2])
+            for item, it_true, est, tru, idx in _frame_particles(pop, truth, species)]
     e = np.concatenate(errs) if errs else np.zeros(0)
     if not len(e):
         raise InvalidInput("no frame-series particle to compare", "defocus_rmse")
@@ -204,20 +207,9 @@ def doming_rmse(pop: Population, truth: Truth, species: str | Iterable[str] | No
     ``GridCTFDoming`` (µm × 10⁴; a missing grid is 0) at the particle's first control point and
     ``t_f = f / (F − 1)``, estimated (the population's grid at its coordinates) minus true (the
     true grid at the true coordinates)."""
-    errs = []
-    for name in _species(pop, truth, species):
-        est = pop.species[name].particles.load()
-        tru = truth.particles[name]
-        for _src, item in pop.items():
-            if item.kind != "frames":
-                continue
-            idx = est.in_item(item.data_digest)
-            if not len(idx):
-                continue
-            it_true = truth.item_by_digest(item.data_digest).item
-            d_est = doming_offsets(item, np.asarray(est.coordinates, np.float64)[idx], item.n)
-            d_true = doming_offsets(it_true, np.asarray(tru.coordinates, np.float64)[idx], item.n)
-            errs.append((d_est - d_true).reshape(-1))
+    errs = [(doming_offsets(item, np.asarray(est.coordinates, np.float64)[idx], item.n)
+             - doming_offsets(it_true, np.asarray(tru.coordinates, np.float64)[idx], item.n)).reshape(-1)
+            for item, it_true, est, tru, idx in _frame_particles(pop, truth, species)]
     e = np.concatenate(errs) if errs else np.zeros(0)
     if not len(e):
         raise InvalidInput("no frame-series particle to compare", "doming_rmse")

@@ -123,7 +123,7 @@ from ..repository import open_repo
 from ..store.arrays import array_info, open_view_array
 from .geometry import frame_positions, interp_trajectory, item_motion_grids, normalised_xy
 from .reconstruct import sphere_mask
-from .relion_polish import _need, _run, _tail, _write_star, half_map_fsc, reconstruct_halves
+from .relion_polish import _need, _run, _tail, _write_star, half_map_fsc, reconstruct_halves, species_rows
 from .truth import Truth, load_truth
 
 __all__ = [
@@ -434,18 +434,10 @@ def export_ctf_project(sim_dir: str | os.PathLike[str], out_dir: str | os.PathLi
         raise InvalidInput(f"reference must be one of {REFERENCES}", reference)
     sim_dir = Path(sim_dir)
     root = Path(out_dir).resolve()
-    repo = open_repo(sim_dir, search_parents=False)
-    pop = repo.population(rev)
-    view = repo.snapshot(rev)
-    if species not in pop.species:
-        raise InvalidInput("no such species in the population", species)
+    rows = species_rows(sim_dir, rev, species)
+    pop, view, parts, coords, angles, half, px, box = (rows.pop, rows.view, rows.parts, rows.coords, rows.angles,
+                                                       rows.half, rows.px, rows.box)
     sp = pop.species[species]
-    parts = sp.particles.load()
-    coords = np.asarray(parts.coordinates, np.float64)
-    angles = np.asarray(parts.angles, np.float64)
-    half = np.asarray(parts.half_set, np.int64)
-    px = float(sp.pixel_size_angstrom)
-    box = int(sp.box)
     if truth is None and "true" in (motion, poses):
         truth = load_truth(sim_dir)
     if poses == "true":

@@ -335,6 +335,35 @@ def _mid(values: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- export
+
+@dataclass
+class SpeciesRows:
+    """One species of a simulated repository at a revision, as the RELION exports need it:
+    the population and its snapshot, the particles, their (N, T, 3) coordinates (Å) and
+    (N, T, 3) angles (degrees) as float64, half sets, pixel size (Å) and box (px)."""
+
+    pop: Any
+    view: Any
+    parts: Any
+    coords: np.ndarray
+    angles: np.ndarray
+    half: np.ndarray
+    px: float
+    box: int
+
+
+def species_rows(sim_dir: str | os.PathLike[str], rev: str, species: str) -> SpeciesRows:
+    """Load ``species`` of the repository at ``sim_dir`` at ``rev``; InvalidInput when it has no such species."""
+    repo = open_repo(Path(sim_dir), search_parents=False)
+    pop = repo.population(rev)
+    if species not in pop.species:
+        raise InvalidInput("no such species in the population", species)
+    sp = pop.species[species]
+    parts = sp.particles.load()
+    return SpeciesRows(pop, repo.snapshot(rev), parts, np.asarray(parts.coordinates, np.float64),
+                       np.asarray(parts.angles, np.float64), np.asarray(parts.half_set, np.int64),
+                       float(sp.pixel_size_angstrom), int(sp.box))
+
 def export_polishing_project(sim_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, species: str,
                              rev: str = "HEAD") -> PolishingProject:
     """Export the frame series holding particles of ``species`` as a RELION 3.1 polishing project.
@@ -349,18 +378,10 @@ def export_polishing_project(sim_dir: str | os.PathLike[str], out_dir: str | os.
     """
     sim_dir = Path(sim_dir)
     root = Path(out_dir).resolve()
-    repo = open_repo(sim_dir, search_parents=False)
-    pop = repo.population(rev)
-    view = repo.snapshot(rev)
-    if species not in pop.species:
-        raise InvalidInput("no such species in the population", species)
+    rows = species_rows(sim_dir, rev, species)
+    pop, view, parts, coords, angles, half, px, box = (rows.pop, rows.view, rows.parts, rows.coords, rows.angles,
+                                                       rows.half, rows.px, rows.box)
     sp = pop.species[species]
-    parts = sp.particles.load()
-    coords = np.asarray(parts.coordinates, np.float64)
-    angles = np.asarray(parts.angles, np.float64)
-    half = np.asarray(parts.half_set, np.int64)
-    px = float(sp.pixel_size_angstrom)
-    box = int(sp.box)
 
     chosen = []
     for _src, it in pop.items():

@@ -67,6 +67,7 @@ from .geometry import (
     small_rotations,
     time_basis,
 )
+from .flexible import FlexibleTruth, build_flexible
 from .maps import pseudo_atomic_map
 from .reconstruct import SeriesInput, reconstruct_records
 from .render import TiltGeometry, frame_records, prepare_maps, render_frames, render_tilts, tilt_records
@@ -363,6 +364,40 @@ def dose_symmetric_order(angles: np.ndarray) -> np.ndarray:
     return order
 
 
+# ---------------------------------------------------------------------------- flexible domain
+def _conf_key(species: str, k: int) -> str:
+    return f"{species}#{k}"
+
+
+def _conformations(seed: int, cfg: SimConfig, kind: str, i: int, n: int) -> np.ndarray:
+    """(n,) conformation of each particle of a series (a stream of its own; zeros when no species is flexible)."""
+    if cfg.flexible_name() is None:
+        return np.zeros(n, np.int64)
+    return _rng(seed, "flexible", kind, i).integers(0, int(cfg.flexible_conformations), size=n)
+
+
+def _render_parts(parts_true: dict[str, Particles], which: np.ndarray, conf: np.ndarray, cfg: SimConfig,
+                  flex: dict[str, FlexibleTruth]) -> dict[str, Particles]:
+    """The particles to render, by map: a flexible species' particles split by conformation."""
+    if not flex:
+        return parts_true
+    out: dict[str, Particles] = {}
+    for k, s in enumerate(cfg.species):
+        if s.name not in parts_true:
+            continue
+        if s.name not in flex:
+            out[s.name] = parts_true[s.name]
+            continue
+        p = parts_true[s.name]
+        c = conf[which == k]
+        coords, angles = np.asarray(p.coordinates), np.asarray(p.angles)
+        for j in range(flex[s.name].n_conformations):
+            sel = c == j
+            if sel.any():
+                out[_conf_key(s.name, j)] = Particles.from_arrays([""] * int(sel.sum()), coords[sel], angles[sel])
+    return out
+
+
 # ---------------------------------------------------------------------------- the simulation
 def simulate(
     out_dir: str | os.PathLike[str],
@@ -413,6 +448,16 @@ def simulate(
     for s in cfg.species:
         maps[s.name], atoms[s.name] = pseudo_atomic_map(s.diameter_angstrom, s.symmetry, boxes[s.name], px, s.seed())
     fvols = prepare_maps(maps, px, device=dev)
+    # an optional flexible domain: K conformation maps, one per particle (mrepo.sim.flexible)
+    flex_name = cfg.flexible_name()
+    flex: dict[str, FlexibleTruth] = {}
+    rvols = fvols  # what the particles are rendered from (keys: species, or species#conformation)
+    if flex_name is not None:
+        flex[flex_name] = build_flexible(flex_name, atoms[flex_name], boxes[flex_name], px,
+                                         fraction=cfg.flexible_fraction, rms_angstrom=cfg.flexible_angstrom,
+                                         conformations=int(cfg.flexible_conformations), rng=_rng(seed, "flexible", flex_name))
+        rvols = {**fvols, **prepare_maps({_conf_key(flex_name, k): m for k, m in enumerate(flex[flex_name].maps)}, px,
+                                         device=dev)}
     first = cfg.species[0]
     contrast = calibrate_contrast(fvols[first.name], boxes[first.name], first.diameter_angstrom, cfg, seed)
     timings["maps"] = time.perf_counter() - t0
@@ -421,7 +466,7 @@ def simulate(
     radii = np.array([0.5 * s.diameter_angstrom for s in cfg.species])
     noisy = cfg.snr is not None
     # per species: lists of per-item arrays (truth and stored) to concatenate
-    rows: dict[str, dict[str, list]] = {s.name: {k: [] for k in ("item", "ct", "at", "ci", "ai")} for s in cfg.species}
+    rows: dict[str, dict[str, list]] = {s.name: {k: [] for k in ("item", "ct", "at", "ci", "ai", "conf")} for s in cfg.species}
     items_truth: dict[str, ItemTruth] = {}
     stored_items: dict[str, list[Item]] = {FRAMES_SOURCE: [], TILTS_SOURCE: []}
     raws: dict[str, np.ndarray] = {}
@@ -466,7 +511,9 @@ def simulate(
                          extra={"blur": blur} if blur else {})
         parts_true = {s.name: Particles.from_arrays([""] * int((which == k).sum()), ct[which == k], at[which == k])
                       for k, s in enumerate(cfg.species) if (which == k).any()}
-        r = render_frames(fvols, item_true, parts_true, motion, device=dev, progress=bar.update)
+        conf = _conformations(seed, cfg, "movie", i, n)
+        r = render_frames(rvols, item_true, _render_parts(parts_true, which, conf, cfg, flex), motion, device=dev,
+                          progress=bar.update)
         raw = _counts(rng, r, electrons, contrast, noisy)
         del r
         digest = array_content_digest(raw)
@@ -490,6 +537,7 @@ def simulate(
             rows[s.name]["at"].append(at[sel])
             rows[s.name]["ci"].append(ci[sel, None, :])
             rows[s.name]["ai"].append(ai[sel])
+            rows[s.name]["conf"].append(conf[sel])
     bar.close()
     timings["movies"] = time.perf_counter() - t0
     if cfg.n_movies:
@@ -533,7 +581,9 @@ def simulate(
         geom = TiltGeometry(errors, warp, tilt_df)
         parts_true = {s.name: Particles.from_arrays([""] * int((which == k).sum()), ct[which == k], at[which == k])
                       for k, s in enumerate(cfg.species) if (which == k).any()}
-        r = render_tilts(fvols, item_true, parts_true, geom, device=dev, progress=bar.update)
+        conf = _conformations(seed, cfg, "tilt", i, n)
+        r = render_tilts(rvols, item_true, _render_parts(parts_true, which, conf, cfg, flex), geom, device=dev,
+                         progress=bar.update)
         raw = _counts(rng, r, telec, contrast, noisy)
         del r
         digest = array_content_digest(raw)
@@ -557,6 +607,7 @@ def simulate(
             rows[s.name]["at"].append(at[sel])
             rows[s.name]["ci"].append(ci[sel, None, :])
             rows[s.name]["ai"].append(ai[sel])
+            rows[s.name]["conf"].append(conf[sel])
     bar.close()
     timings["tilt_series"] = time.perf_counter() - t0
     if cfg.n_tilt_series:
@@ -579,6 +630,8 @@ def simulate(
         ai = np.concatenate(rw["ai"]) if n else np.zeros((0, 1, 3))
         particles_true[s.name] = Particles.from_arrays(digs, ct, at, half)
         particles_stored[s.name] = Particles.from_arrays(digs, ci, ai, half)
+        if s.name in flex:
+            flex[s.name].conformation = np.concatenate(rw["conf"]).astype(np.int64) if n else np.zeros(0, np.int64)
 
     # -- starting half-maps ------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -678,6 +731,12 @@ def simulate(
             "contrast": round(contrast, 6),
             "noise": "poisson" if noisy else "none",
         }
+        for name, fl in flex.items():
+            summary["species"][name]["flexible"] = {
+                "fraction": fl.fraction, "rms_angstrom": fl.rms_angstrom,
+                "measured_rms_angstrom": round(fl.measured_rms_angstrom, 3),
+                "conformations": fl.n_conformations, "particles_per_conformation": fl.counts().tolist(),
+                "domain_atoms": int(fl.domain_atoms.sum()), "atoms": int(len(fl.domain_atoms))}
         meta = {"simulation": {"preset": preset_name, "seed": seed, "summary": summary,
                                "truth": "truth/ (not tracked by the repository)"}}
         commit = txn.commit(f"Simulated population ({preset_name}, {seed})", metadata=meta)
@@ -686,7 +745,10 @@ def simulate(
     timings["repository"] = time.perf_counter() - t0
 
     # -- truth ------------------------------------------------------------------------------------------
-    truth = Truth(None, preset_name, seed, cfg, contrast, maps, specs, boxes, particles_true, items_truth, snr, summary)
+    # a flexible species' true map is the mean of its particles' conformations (the rest map is in its FlexibleTruth)
+    true_maps = {name: (flex[name].average_map() if name in flex else m) for name, m in maps.items()}
+    truth = Truth(None, preset_name, seed, cfg, contrast, true_maps, specs, boxes, particles_true, items_truth, snr, summary,
+                  flexible=flex)
     save_truth(truth, out)
     tdir = out / "truth" / "maps"
     for name, a in atoms.items():
