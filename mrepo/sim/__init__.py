@@ -5,6 +5,7 @@
 >>> truth = load_truth("simpop")                            # doctest: +SKIP
 
 Modules: :mod:`.config` (presets), :mod:`.maps` (pseudo-atomic species),
+:mod:`.flexible` (an optional flexible domain),
 :mod:`.geometry` (conventions), :mod:`.render` (the forward model:
 ``render_frames``, ``render_tilts``), :mod:`.reconstruct` (extraction and
 half-maps with any model), :mod:`.simulate` (the population and its
@@ -19,6 +20,7 @@ from .metrics import (
     astigmatism_error,
     beam_tilt_error_mrad,
     defocus_rmse,
+    domain_correlation,
     doming_rmse,
     frame_position_errors,
     magnification_error,
@@ -29,11 +31,13 @@ from .plots import plot_frame, plot_motion
 from .reconstruct import SeriesInput, fsc_to_truth, reconstruct_records
 from .relion import ParticleImages, extract_particle_images, write_relion_particles
 from .render import Records, TiltGeometry, frame_records, render_frames, render_tilts, tilt_records
+from .flexible import FlexibleTruth
 from .simulate import FRAMES_SOURCE, TILTS_SOURCE, SimResult, simulate
 from .truth import ItemTruth, Truth, load_truth
 
 __all__ = [
     "FRAMES_SOURCE",
+    "FlexibleTruth",
     "ItemTruth",
     "PRESETS",
     "ParticleImages",
@@ -48,6 +52,7 @@ __all__ = [
     "astigmatism_error",
     "beam_tilt_error_mrad",
     "defocus_rmse",
+    "domain_correlation",
     "doming_rmse",
     "extract_particle_images",
     "frame_position_errors",

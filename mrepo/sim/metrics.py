@@ -18,7 +18,7 @@ from .render import doming_offsets
 from .truth import Truth
 
 __all__ = ["motion_rmse_px", "pose_error_deg", "defocus_rmse", "frame_position_errors", "astigmatism_error",
-           "beam_tilt_error_mrad", "magnification_error", "doming_rmse"]
+           "beam_tilt_error_mrad", "magnification_error", "doming_rmse", "domain_correlation"]
 
 
 def _species(pop: Population, truth: Truth, species: str | Iterable[str] | None) -> list[str]:
@@ -214,3 +214,25 @@ def doming_rmse(pop: Population, truth: Truth, species: str | Iterable[str] | No
     if not len(e):
         raise InvalidInput("no frame-series particle to compare", "doming_rmse")
     return float(np.sqrt((e**2).mean()))
+
+
+# ---------------------------------------------------------------------------- flexible domain
+def domain_correlation(volume: np.ndarray, truth: Truth, species: str, *, against: str = "average") -> dict[str, float]:
+    """Correlation (Pearson, over the voxels of each mask) of a map with the true map of a species
+    with a flexible domain, inside its core mask and inside its flexible-domain mask
+    (:class:`mrepo.sim.flexible.FlexibleTruth`). ``against``: ``"average"`` (the mean of the
+    particles' conformations, ``truth.maps[species]``) or ``"rest"`` (the domain at rest).
+    Returns ``{"core": r, "domain": r}``."""
+    if species not in truth.flexible:
+        raise InvalidInput("this species has no flexible domain in the simulation", species)
+    fl = truth.flexible[species]
+    ref = {"average": truth.maps[species], "rest": fl.rest_map}.get(against)
+    if ref is None:
+        raise InvalidInput("compare against 'average' or 'rest'", against)
+    v = np.asarray(volume, np.float64)
+    if v.shape != ref.shape:
+        raise InvalidInput("map and true map differ in shape", f"{v.shape} vs {ref.shape}")
+    out = {}
+    for key, m in (("core", fl.core_mask), ("domain", fl.domain_mask)):
+        out[key] = float(np.corrcoef(v[m], np.asarray(ref, np.float64)[m])[0, 1])
+    return out

@@ -11,7 +11,10 @@ Files under ``OUT_DIR/truth/`` (the repository keeps its data in
 * ``items.npz`` — true motion pyramids and item grids (``GridCTFDoming``, µm) of
   frame series, and per-tilt angle errors, image-warp grids and defocus (tilt series);
 * ``maps/<species>.mrc`` — the true maps (and ``maps/<species>_atoms.npz``,
-  the pseudo-atoms).
+  the pseudo-atoms); for a species with a flexible domain (:mod:`mrepo.sim.flexible`)
+  the true map is the mean over its particles' conformations, and
+  ``maps/<species>_flexible.npz`` holds the conformation maps, the rest map, the core and
+  domain masks, the domain's atoms and motion, and each particle's conformation.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..model import CubicGrid, ImagingModel, Item, Particles
 from ..refine.deformation import MotionPyramid
 from ..store.atomic import atomic_write
 from .config import SimConfig, SpeciesSpec
+from .flexible import FlexibleTruth
 from .render import TiltGeometry
 
 __all__ = ["ItemTruth", "Truth", "load_truth", "save_truth", "truth_population", "TRUTH_DIR"]
@@ -113,6 +117,9 @@ class Truth:
     items: item name -> :class:`ItemTruth`.
     snr: measured per-particle SNR over all frames (tilts) by source and species.
     summary: what the commit metadata also records.
+    flexible: species -> its flexible domain (:class:`~mrepo.sim.flexible.FlexibleTruth`:
+        per-particle conformations, conformation and rest maps, core and domain masks); empty
+        when no species has one. ``maps`` then holds the mean over the particles' conformations.
     """
 
     path: Path | None
@@ -127,6 +134,7 @@ class Truth:
     items: dict[str, ItemTruth]
     snr: dict[str, dict[str, float]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    flexible: dict[str, FlexibleTruth] = field(default_factory=dict)
 
     @property
     def pixel_size_angstrom(self) -> float:
@@ -190,6 +198,14 @@ def save_truth(truth: Truth, out_dir: str | os.PathLike[str]) -> Path:
         np.savez(d / f"particles_{name}.npz", items=np.asarray(p.items, dtype=str), item=p.item,
                  coordinates=p.coordinates, angles=p.angles, half_set=p.half_set)
         species_doc[name]["particles"] = f"particles_{name}.npz"
+    for name, fl in truth.flexible.items():
+        fname = f"maps/{name}_flexible.npz"
+        np.savez_compressed(d / fname, maps=fl.maps, rest_map=fl.rest_map, core_mask=fl.core_mask,
+                            domain_mask=fl.domain_mask, domain_atoms=fl.domain_atoms, direction=fl.direction,
+                            pivot=fl.pivot, rotvecs=fl.rotvecs, conformation=np.asarray(fl.conformation, np.int64))
+        species_doc[name]["flexible"] = {"file": fname, "fraction": fl.fraction, "rms_angstrom": fl.rms_angstrom,
+                                         "measured_rms_angstrom": fl.measured_rms_angstrom,
+                                         "conformations": fl.n_conformations}
     grids: dict[str, np.ndarray] = {}
     items_doc = {}
     for name, it in truth.items.items():
@@ -258,6 +274,7 @@ def load_truth(out_dir: str | os.PathLike[str]) -> Truth:
         cfg_doc.setdefault(k, 0)
     cfg = SimConfig.from_json(cfg_doc)
     maps, species, boxes, particles = {}, {}, {}, {}
+    flexible: dict[str, FlexibleTruth] = {}
     try:
         for name, sd in doc["species"].items():
             maps[name] = np.array(read_mrc(d / sd["map"], mmap=False).data, dtype=np.float32)
@@ -266,6 +283,13 @@ def load_truth(out_dir: str | os.PathLike[str]) -> Truth:
             with np.load(d / sd["particles"]) as z:
                 particles[name] = Particles([str(x) for x in z["items"]], z["item"], z["coordinates"], z["angles"],
                                             z["half_set"])
+            fd = sd.get("flexible")
+            if fd:
+                with np.load(d / fd["file"]) as z:
+                    flexible[name] = FlexibleTruth(
+                        name, float(fd["fraction"]), float(fd["rms_angstrom"]), float(fd["measured_rms_angstrom"]),
+                        z["domain_atoms"], z["direction"], z["pivot"], z["rotvecs"], z["maps"], z["rest_map"],
+                        z["core_mask"], z["domain_mask"], z["conformation"])
         items = {}
         with np.load(d / "items.npz") as g:
             grids = {k: g[k] for k in g.files}
@@ -298,7 +322,7 @@ def load_truth(out_dir: str | os.PathLike[str]) -> Truth:
     except (KeyError, OSError, ValueError) as e:
         raise CorruptObject(f"simulation truth is incomplete or damaged: {e}", str(d)) from None
     return Truth(d, doc["preset"], int(doc["seed"]), cfg, float(doc["contrast"]), maps, species, boxes, particles,
-                 items, doc.get("snr", {}), doc.get("summary", {}))
+                 items, doc.get("snr", {}), doc.get("summary", {}), flexible)
 
 
 
