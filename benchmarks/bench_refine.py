@@ -120,7 +120,7 @@ def _synthetic_series(box: int, n_particles: int, n_frames: int, seed: int = 0):
                          torch.randn((n_particles, n_frames, box, box // 2 + 1), generator=g))
     block = SpeciesBlock("s", np.arange(n_particles), np.arange(n_particles) % 2, coords, angles,
                          np.round(coords[:, None, 0, :2] / px).repeat(n_frames, 1).astype(np.int64), data,
-                         torch.ones((n_particles, box, box // 2 + 1)), box)
+                         torch.ones((n_particles, 1, box, box // 2 + 1)), box)
     sd = SeriesData("synthetic", "0" * 64, geom, {"s": block}, {box: torch.ones((box, box // 2 + 1))},
                     {box: dose_weights(torch.as_tensor(expo), box, px)}, dose_crop_frequency(torch.as_tensor(expo)))
     ref = SpeciesReference("s", (fv, fv), box, px, "C1", box / 2 - 1)
@@ -193,6 +193,7 @@ from mrepo.store.arrays import open_view_array
 repo = mrepo.open_repo(sys.argv[1]); pop = repo.population("HEAD"); names = sorted(pop.species)
 snap = repo.snapshot("HEAD")
 parts = {n: pop.species[n].particles.load() for n in names}
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # after imports and the population's metadata
 halves = {n: tuple(np.asarray(open_view_array(snap, pop.species[n].maps[h])[...], np.float32) for h in ("half1", "half2")) for n in names}
 refs = _references(halves, pop, {n: fsc(*halves[n], pop.species[n].pixel_size_angstrom) for n in names}, RefineOptions(), torch.device("cpu"))
 item = next(it for _s, it in pop.items() if it.kind == "frames")
@@ -201,7 +202,6 @@ for n in names:
     rows = parts[n].in_item(item.data_digest)
     if rows.size:
         sel[n] = (rows, parts[n].select(np.isin(np.arange(len(parts[n])), rows)))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 data = extract_series(item, open_view_array(snap, item.raw_array), sel, {n: pop.species[n].box for n in sel})
 refine_series(data, {n: refs[n] for n in sel}, initial_model(data, pyramid_shapes(3, (4, 4, 10), item.n), 1, device="cpu"), RefineSettings())
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -304,7 +304,7 @@ def main() -> None:
         if "error" in mem:
             print(f"failed: {mem['error']}")
         else:
-            print(f"{mem['item']}: +{mem['extra_mib']:.0f} MiB peak RSS for extraction + refinement, raw frames "
+            print(f"{mem['item']}: +{mem['extra_mib']:.0f} MiB peak RSS for references, extraction and refinement, raw frames "
                   f"{mem['raw_mib']:.0f} MiB as float32: {mem['ratio']:.2f}x")
 
         if not a.skip_multispecies:

@@ -95,6 +95,7 @@ class ImagingSettings:
     search_range_angstrom: float = 3000.0  # ±300 nm
     search_step_angstrom: float = 100.0  # 10 nm
     search_rounds: int = 5
+    hierarchical_defocus: bool = True  # the particles' defocus spread in a series as a prior (empirical Bayes)
     lbfgs_iterations: int = 30
     temporal_groups: int = 4  # frame groups when doming is refined
     prior_defocus_angstrom: float = 5000.0  # σ of the priors (Gaussian, in units of one particle's NCC·prior_weight)
@@ -218,6 +219,7 @@ class ImagingResult:
     searched: dict[str, np.ndarray]  # species -> (Np,) δz after the grid search (Å)
     kept: dict[str, int]  # species -> particles whose search scores were all tied (kept their defocus)
     box: int = 0
+    priors: dict[str, "DefocusPrior"] = field(default_factory=dict)  # species -> the series' defocus prior
 
 
 # ---------------------------------------------------------------------------- data
@@ -384,35 +386,92 @@ def series_imaging_score(blocks: dict[str, CtfBlock], item: Any, p: ImagingParam
 
 
 # ---------------------------------------------------------------------------- the search
+@dataclass
+class DefocusPrior:
+    """The particles' spread of defocus in one series, estimated from the search itself
+    (empirical Bayes): their total offsets ``z + δz`` are drawn from ``N(mean, sd²)``.
+    ``log_l_scale`` (Np,) converts an NCC change near the optimum into log-likelihood
+    (``2 · yy · NCC``; infinite for particles that keep their value)."""
+
+    mean_angstrom: float
+    sd_angstrom: float
+    log_l_scale: np.ndarray
+
+
+def _log_likelihood(block: CtfBlock, scores: torch.Tensor) -> torch.Tensor:
+    """(C, Np) log-likelihood (up to a constant) of each particle at each candidate, from its NCC:
+    with whitened Gaussian noise and the best scale, ``log L = yy · NCC²`` (``yy = Σ |y|²/v``);
+    an anti-correlated model explains nothing (0)."""
+    return block.yy[None] * scores.clamp(min=0.0) ** 2
+
+
 def defocus_search(block: CtfBlock, item: Any, p: ImagingParams, settings: ImagingSettings, *, tie: float = 1e-7
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   ) -> tuple[np.ndarray, np.ndarray, DefocusPrior | None]:
     """Coarse-to-fine search of each particle's defocus offset (module docstring, step 1).
 
-    Returns (δz (Np,) Å, tied (Np,) bool: all scores equal or zero, the particle keeps its value).
+    Returns (δz (Np,) Å, tied (Np,) bool: all scores equal or zero, the particle keeps its
+    value, the series' defocus prior or None when it is not used).
     """
     with torch.no_grad():
         proj = _projections(block, p.mag, False, settings.batch)
         n = len(block)
+        dev = block.y.device
         r, step = settings.search_range_angstrom, settings.search_step_angstrom
-        cand = torch.arange(-r, r + 0.5 * step, step, device=block.y.device)  # (C,)
+        cand = torch.arange(-r, r + 0.5 * step, step, device=dev)  # (C,)
         scores = _scores(block, item, p, proj, cand[:, None].expand(-1, n))  # (C, Np)
         spread = (scores.max(0).values - scores.min(0).values)
         tied = (spread <= tie) | (scores.abs().max(0).values <= tie)
-        best2 = torch.topk(scores, 2, dim=0).indices  # (2, Np)
+        loglik = _log_likelihood(block, scores)
+        prior = _defocus_prior(block, cand, loglik, tied, step) if settings.hierarchical_defocus else None
+
+        def posterior(ll: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+            if prior is None:
+                return ll
+            total = block.z[None] + dz - prior.mean_angstrom
+            return ll - total**2 / (2 * prior.sd_angstrom**2)
+
+        post = posterior(loglik, cand[:, None].expand(-1, n))
+        best2 = torch.topk(post, 2, dim=0).indices  # (2, Np)
         tops = cand[best2]  # (2, Np) the two best values
-        top_scores = scores.gather(0, best2)
+        top_post = post.gather(0, best2)
         for _ in range(settings.search_rounds):
             step /= 2
             c = torch.cat([tops, tops - step, tops + step], dim=0)  # (6, Np)
-            sc = _scores(block, item, p, proj, c)
+            pc = posterior(_log_likelihood(block, _scores(block, item, p, proj, c)), c)
             allc = torch.cat([c, tops], 0)
-            alls = torch.cat([sc, top_scores], 0)
-            order = torch.topk(alls, 2, dim=0).indices
+            allp = torch.cat([pc, top_post], 0)
+            order = torch.topk(allp, 2, dim=0).indices
             tops = allc.gather(0, order)
-            top_scores = alls.gather(0, order)
+            top_post = allp.gather(0, order)
         best = tops[0].clone()
         best[tied] = 0.0
-    return best.cpu().numpy(), tied.cpu().numpy()
+    return best.cpu().numpy(), tied.cpu().numpy(), prior
+
+
+def _defocus_prior(block: CtfBlock, cand: torch.Tensor, loglik: torch.Tensor, tied: torch.Tensor, step: float
+                   ) -> DefocusPrior | None:
+    """Empirical-Bayes prior of a series' particle defocus (module docstring, step 1): each
+    particle's maximum-likelihood offset and its uncertainty (the curvature of ``log L`` at
+    the maximum); the mean and the spread of the total offsets ``z + δz`` less the part the
+    uncertainties explain. None with fewer than 4 particles that carry signal."""
+    free = ~tied
+    if int(free.sum()) < 4:
+        return None
+    c = cand.shape[0]
+    i = loglik.argmax(0).clamp(1, c - 2)  # (Np,)
+    cols = torch.arange(loglik.shape[1], device=loglik.device)
+    l0, lm, lp = loglik[i, cols], loglik[i - 1, cols], loglik[i + 1, cols]
+    curv = (lp + lm - 2 * l0) / step**2  # (Np,) ≤ 0 at a maximum
+    var = torch.where(curv < 0, -1.0 / curv.clamp(max=-1e-30), torch.full_like(curv, float("inf")))
+    total = (block.z + cand[loglik.argmax(0)])[free].double()
+    var = var[free].double().clamp(max=float(cand[-1] - cand[0]) ** 2)
+    mean = float(total.median())
+    spread = float(((total - mean) ** 2).mean() - var.mean())
+    sd = math.sqrt(max(spread, (0.25 * step) ** 2))
+    ncc = (loglik.max(0).values / block.yy.clamp(min=1e-30)).sqrt()  # (Np,) the best NCC
+    scale = (2 * block.yy * ncc.clamp(min=1e-3)).clamp(min=1e-12)
+    scale = torch.where(tied, torch.full_like(scale, float("inf")), scale).cpu().numpy()  # tied: no prior term
+    return DefocusPrior(mean, sd, scale)
 
 
 def _scores(block: CtfBlock, item: Any, p: ImagingParams, proj: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
@@ -440,6 +499,18 @@ def _prior(p: ImagingParams, p0: ImagingParams, s: ImagingSettings, groups: froz
     return s.prior_weight * total
 
 
+def _defocus_prior_term(blocks: dict[str, CtfBlock], p: ImagingParams, priors: dict[str, DefocusPrior]) -> torch.Tensor:
+    """The series' defocus priors in the units of the target (a sum of NCCs): ``−log prior``
+    divided by each particle's ``2 · yy · NCC``."""
+    total = torch.zeros(())
+    dz = p.dz
+    for sp, pr in priors.items():
+        blk = blocks[sp]
+        w = torch.as_tensor(1.0 / pr.log_l_scale, dtype=torch.float32, device=blk.y.device)
+        total = total + (w * (blk.z + dz[sp] - pr.mean_angstrom) ** 2).sum() / (2 * pr.sd_angstrom**2)
+    return total
+
+
 def refine_imaging(blocks: dict[str, CtfBlock], item: Any, settings: ImagingSettings, *, device=None) -> ImagingResult:
     """Defocus search, then L-BFGS on the chosen groups (module docstring). Pure: the item is not changed."""
     groups = frozenset(settings.groups)
@@ -452,9 +523,12 @@ def refine_imaging(blocks: dict[str, CtfBlock], item: Any, settings: ImagingSett
     searched: dict[str, np.ndarray] = {}
     kept: dict[str, int] = {}
     tied_of = {sp: np.zeros(len(b), bool) for sp, b in blocks.items()}
+    priors: dict[str, DefocusPrior] = {}
     if "defocus" in groups:
         for sp, blk in blocks.items():
-            dz, tied = defocus_search(blk, item, p, settings)
+            dz, tied, prior = defocus_search(blk, item, p, settings)
+            if prior is not None:
+                priors[sp] = prior
             p.dz_u[sp] = torch.as_tensor(dz / UNITS["defocus"], dtype=torch.float32, device=blk.y.device)
             searched[sp] = dz
             kept[sp] = int(tied.sum())
@@ -481,7 +555,7 @@ def refine_imaging(blocks: dict[str, CtfBlock], item: Any, settings: ImagingSett
         def closure() -> torch.Tensor:
             opt.zero_grad()
             loss = (-series_imaging_score(blocks, item, p, grad_proj=grad_proj, batch=settings.batch)
-                    + _prior(p, p0, settings, groups)) / n
+                    + _prior(p, p0, settings, groups) + _defocus_prior_term(blocks, p, priors)) / n
             loss.backward()
             return loss
 
@@ -492,7 +566,7 @@ def refine_imaging(blocks: dict[str, CtfBlock], item: Any, settings: ImagingSett
         v.requires_grad_(False)
     with torch.no_grad():
         after = float(series_imaging_score(blocks, item, p, grad_proj=False, batch=settings.batch))
-    return ImagingResult(p, before, after, searched, kept, max((b.box for b in blocks.values()), default=0))
+    return ImagingResult(p, before, after, searched, kept, max((b.box for b in blocks.values()), default=0), priors)
 
 
 def apply_imaging(item: Any, particles: dict[str, Any], result: ImagingResult, blocks: dict[str, CtfBlock],

@@ -509,6 +509,8 @@ class _Run:
                 "species": here, "score_before": round(res.score_before, 4), "score_after": round(res.score_after, 4),
                 "defocus_change_rms_angstrom": {k: round(v, 1) for k, v in done["rms_defocus_change_angstrom"].items()},
                 "defocus_search_kept": res.kept, "box": res.box,
+                "defocus_prior_angstrom": {k: {"mean": round(v.mean_angstrom, 1), "sd": round(v.sd_angstrom, 1)}
+                                           for k, v in res.priors.items()},
                 "astigmatism_angstrom": round(item.imaging.astigmatism_angstrom, 2),
                 "astigmatism_angle_deg": round(item.imaging.astigmatism_angle_deg, 2),
                 "beam_tilt_mrad": list(item.imaging.beam_tilt_mrad),
