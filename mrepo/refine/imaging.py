@@ -38,9 +38,19 @@ Steps (M's order)
 1. **Defocus search** per particle: the NCC at δz from −3000 to +3000 Å in 100 Å steps,
    then 5 rounds that halve the step around the two best values (M's ±300 nm / 10 nm
    search). A particle whose scores are all zero or tied keeps its defocus.
+   The NCC becomes a log-likelihood, ``log L = yy · NCC²`` (whitened Gaussian noise, the
+   best scale; ``yy = Σ |y|²/v``), and the particles of a series share a prior
+   (empirical Bayes): their total offsets ``z + δz`` are ``N(μ, τ²)``, with ``μ`` the
+   median of the maximum-likelihood offsets and ``τ²`` their variance less the mean
+   variance of the estimates (from the curvature of ``log L`` at each maximum). The search
+   maximises the posterior. Where a particle's data determine its defocus well (high
+   resolution, much signal) the prior does not matter; where they do not (a flat NCC), the
+   particle stays near the series' mean instead of following the noise — at 7 Å the NCC
+   of a particle changes by ~6·10⁻⁴ for 200 Å of defocus, which alone gives ~150 Å errors.
 2. **L-BFGS** on the chosen groups jointly (defocus per particle; per series
    astigmatism, beam tilt, magnification, doming), exact gradients through autograd,
-   with weak Gaussian priors that keep undetermined parameters at their start.
+   with weak Gaussian priors that keep undetermined parameters at their start, and the
+   series' defocus prior of step 1 (in the target's units: ``−log prior / (2 · yy · NCC)``).
    Doming is the change of defocus since the start of the exposure: the grid's first
    time node keeps its value (zero), so that it is not confounded with the particles'
    own defocus, which is their defocus at the start of the exposure.
