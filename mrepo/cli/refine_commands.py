@@ -32,7 +32,7 @@ def _grid(text: str) -> tuple[int, int, int]:
 @click.option("--denoise-iterations", default=25, show_default=True, type=int,
               help="Denoiser training steps after each reconstruction (resumes from the stored weights).")
 @click.option("--min-ctf-resolution", default=8.0, show_default=True, type=float,
-              help="Imaging-model groups use only species finer than this (Å).")
+              help="Imaging-model groups and exposure weights use only species finer than this (Å).")
 @click.option("--isotropic-weights", is_flag=True, help="Fit isotropic exposure B-factors only (no direction).")
 @click.option("--weights-per-series", is_flag=True, help="Fit exposure weights for each series on its own.")
 @click.option("--weights-png", type=click.Path(dir_okay=False), default=None, help="Write the fitted exposure weights per frame as a PNG.")

@@ -81,7 +81,7 @@ class RefineOptions:
     denoise_iterations: int = 25  # denoiser training steps after each reconstruction (resuming from the stored weights)
     denoise_crop: int = 32  # edge of the training crops (voxels): small crops keep the steps inside refinement cheap
     min_particles_per_half: int = 25
-    min_ctf_resolution_angstrom: float = 8.0  # imaging-model groups use species finer than this (M)
+    min_ctf_resolution_angstrom: float = 8.0  # imaging-model groups and exposure weights use species finer than this (M)
     anisotropic_weights: bool = True  # fitted exposure weights with a direction (else isotropic B)
     weights_per_series: bool = False  # one set of exposure weights per series (else per group of equal frame counts)
     weights_png: str | None = None  # write the fitted exposure weights per frame as a PNG here  # fewer: the species' poses are kept (its reference would mostly be each particle itself)
@@ -531,6 +531,13 @@ class _Run:
 
         if "weights" not in self.options.params:
             return
+        # as the imaging model: only references finer than the minimum resolution show the
+        # frames' damping where it matters; weights fitted to coarser ones are extrapolated
+        fine = [n for n in self.names if self.resolution(n) <= self.options.min_ctf_resolution_angstrom]
+        if not fine:
+            self.say(f"iteration {it + 1}: exposure weights not fitted: no species is finer than "
+                     f"{self.options.min_ctf_resolution_angstrom:g} Å yet")
+            return
         by_frames: dict[str, list[str]] = {}
         for key, data in self.series.items():
             group = key if self.options.weights_per_series else f"{data.geometry.n_frames} frames"
@@ -539,10 +546,14 @@ class _Run:
             stats: dict[str, Any] = {}
             for key in keys:
                 for n, st in frame_ncc_stats(self.series[key], refs, self.models[key]).items():
+                    if n not in fine:
+                        continue
                     if n in stats:
                         stats[n] += st
                     else:
                         stats[n] = st
+            if not stats:
+                continue
             for n, st in stats.items():
                 c = self.curves[n]
                 st.fsc = np.interp(st.k, c.freqs_per_angstrom, np.clip(c.fsc, 0.0, 1.0), right=0.0)
