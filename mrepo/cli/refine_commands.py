@@ -35,6 +35,8 @@ def _grid(text: str) -> tuple[int, int, int]:
               help="Imaging-model groups and exposure weights use only species finer than this (Å).")
 @click.option("--isotropic-weights", is_flag=True, help="Fit isotropic exposure B-factors only (no direction).")
 @click.option("--weights-per-series", is_flag=True, help="Fit exposure weights for each series on its own.")
+@click.option("--weights-in-target", is_flag=True,
+              help="Let fitted exposure weights weight the motion/pose target too (default: the reconstruction only).")
 @click.option("--weights-png", type=click.Path(dir_okay=False), default=None, help="Write the fitted exposure weights per frame as a PNG.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -44,7 +46,7 @@ def _grid(text: str) -> tuple[int, int, int]:
 def refine(ctx: click.Context, iterations: int, species: str | None, params: str, grid: str, levels: int,
            temporal_samples: int, resolution: float | None, lbfgs_iterations: int, denoise: bool,
            denoise_iterations: int, min_ctf_resolution: float, isotropic_weights: bool, weights_per_series: bool,
-           weights_png: str | None,
+           weights_in_target: bool, weights_png: str | None,
            device: str, seed: int, message: str | None, fsc_png: str | None) -> None:
     """Refine the population at HEAD as M does (motion and poses of all
     particles of all species in each series jointly) and commit the result."""
@@ -68,6 +70,7 @@ def refine(ctx: click.Context, iterations: int, species: str | None, params: str
         min_ctf_resolution_angstrom=min_ctf_resolution,
         anisotropic_weights=not isotropic_weights,
         weights_per_series=weights_per_series,
+        weights_in_target=weights_in_target,
         weights_png=weights_png,
         seed=seed,
         message=message,

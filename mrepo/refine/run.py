@@ -81,6 +81,7 @@ class RefineOptions:
     denoise_iterations: int = 25  # denoiser training steps after each reconstruction (resuming from the stored weights)
     denoise_crop: int = 32  # edge of the training crops (voxels): small crops keep the steps inside refinement cheap
     min_particles_per_half: int = 25
+    weights_in_target: bool = False  # fitted exposure weights also weight the motion/pose target (default: reconstruction only)
     min_ctf_resolution_angstrom: float = 8.0  # imaging-model groups and exposure weights use species finer than this (M)
     anisotropic_weights: bool = True  # fitted exposure weights with a direction (else isotropic B)
     weights_per_series: bool = False  # one set of exposure weights per series (else per group of equal frame counts)
@@ -521,7 +522,7 @@ class _Run:
             self.series[key] = extract_item(self.snap, self.pop, item, self.names, self.parts, device=self.device,
                                             resolution_angstrom=self.options.resolution_angstrom)
             if old.frame_weights is not None:
-                set_frame_weights(self.series[key], old.frame_weights)
+                set_frame_weights(self.series[key], old.frame_weights, target=self.options.weights_in_target)
 
     def exposure_weights(self, it: int, refs: dict[str, SpeciesReference]) -> None:
         """Fit per-frame (an)isotropic B-factors and scales to the per-frequency NCC of all
@@ -564,7 +565,7 @@ class _Run:
                 continue
             self.weights[label] = w
             for key in keys:
-                set_frame_weights(self.series[key], w)
+                set_frame_weights(self.series[key], w, target=self.options.weights_in_target)
                 self.items_of[key][1].grids.update(w.to_grids())
             self.say(f"iteration {it + 1}: exposure weights fitted for {label} ({len(keys)} series) "
                      f"(B {w.bfactor.min():.0f}..{w.bfactor.max():.0f} Å², largest anisotropy {w.delta.max():.0f} Å²)")
@@ -672,6 +673,7 @@ class _Run:
                 "denoise_crop": opts.denoise_crop,
                 "min_ctf_resolution_angstrom": opts.min_ctf_resolution_angstrom,
                 "anisotropic_weights": opts.anisotropic_weights,
+                "weights_in_target": opts.weights_in_target,
                 "device": str(self.device),
                 "seed": opts.seed,
             },

@@ -155,6 +155,8 @@ class SeriesData:
     dose_w: dict[int, torch.Tensor]  # box -> (F, b, b//2+1) exposure weights (:func:`set_frame_weights`)
     dose_kmax: np.ndarray  # (F,) 1/Å beyond which a frame's exposure weight < 0.25
     frame_weights: Any = None  # the :class:`~mrepo.refine.weights.FrameWeights` behind dose_w
+    target_w: dict[int, torch.Tensor] | None = None  # weights of the target when they differ from dose_w
+    target_kmax: np.ndarray | None = None  # and its dose crop
 
 
 @dataclass
@@ -417,10 +419,18 @@ def extract_series(
     return data
 
 
-def set_frame_weights(data: SeriesData, weights: FrameWeights) -> None:
-    """Use these exposure weights in the series' target and reconstruction from now on
-    (the exposure model, or weights fitted to the data: :mod:`mrepo.refine.weights`)."""
+def set_frame_weights(data: SeriesData, weights: FrameWeights, *, target: bool = True) -> None:
+    """Use these exposure weights in the series' reconstruction and, unless ``target`` is
+    False, in its target from now on (the exposure model, or weights fitted to the data:
+    :mod:`mrepo.refine.weights`); with ``target=False`` the target uses the exposure model."""
     pix = data.geometry.pixel_size_angstrom
+    if target:
+        data.target_w, data.target_kmax = None, None
+    elif data.target_w is None:
+        model = FrameWeights.exposure(data.geometry.exposure_mid)
+        boxes = {b.box for b in data.blocks.values()} | set(data.whitening)
+        data.target_w = {box: model.weights(box, pix, device=data.whitening[box].device) for box in boxes}
+        data.target_kmax = model.crop_frequency()
     for box in {b.box for b in data.blocks.values()} | set(data.whitening):
         data.dose_w[box] = weights.weights(box, pix, device=data.whitening[box].device)
     data.dose_kmax = weights.crop_frequency()
@@ -584,12 +594,14 @@ def _block_geometry(
     return origin, rots
 
 
-def _frequency_mask(data: SeriesData, box: int, r_max_px: float, device) -> torch.Tensor:
-    """(F, b, b//2+1) 0/1: frequencies used per frame (resolution limit and dose crop)."""
+def _frequency_mask(data: SeriesData, box: int, r_max_px: float, device, *, target: bool = False) -> torch.Tensor:
+    """(F, b, b//2+1) 0/1: frequencies used per frame (resolution limit and dose crop; the
+    target's crop with ``target``)."""
     ky, kx = freq_grid_2d(box, None, device=device)
     r = torch.sqrt(kx * kx + ky * ky)
     pix = data.geometry.pixel_size_angstrom
-    kmax_px = torch.as_tensor(np.minimum(data.dose_kmax * box * pix, box / 2), device=device, dtype=torch.float32)
+    kmax = data.target_kmax if target and data.target_kmax is not None else data.dose_kmax
+    kmax_px = torch.as_tensor(np.minimum(kmax * box * pix, box / 2), device=device, dtype=torch.float32)
     lim = torch.minimum(kmax_px, torch.tensor(float(r_max_px), device=device))
     m = (r[None] < lim[:, None, None]) & (r[None] >= 1.0)
     return m.to(torch.float32)
@@ -623,10 +635,10 @@ def _stage(data: SeriesData, block: SpeciesBlock, r_max_px: float, per_frame: bo
         dev = block.data.device
         f = data.geometry.n_frames
         flat, kx, ky = disk_pixels(box, r_max_px, device=dev)
-        mask = _frequency_mask(data, box, r_max_px, dev).reshape(f, -1)[:, flat]
+        mask = _frequency_mask(data, box, r_max_px, dev, target=True).reshape(f, -1)[:, flat]
         white = (data.whitening[box] ** 2).reshape(-1)[flat]
         d = block.data.reshape(len(block), f, -1)[..., flat]
-        dw = data.dose_w[box].reshape(f, -1)[:, flat]
+        dw = (data.target_w if data.target_w is not None else data.dose_w)[box].reshape(f, -1)[:, flat]
         mw = block.ctf2.reshape(len(block), block.ctf2.shape[1], -1)[..., flat] * dw[None]  # (Np, F, M)
         w = (mask * white[None])[None]  # (1, F, M)
         dd = (w * (d.real**2 + d.imag**2)).sum(dim=(1, 2))

@@ -151,3 +151,25 @@ def test_unknown_group_is_an_error(with_mag):
     item, blocks, _true, _want = with_mag.movies[0]
     with pytest.raises(InvalidInput, match="unknown imaging parameter"):
         refine_imaging(blocks, item, ImagingSettings(groups=frozenset({"defocus", "chromatic"})))
+
+
+def test_fitted_weights_weight_the_reconstruction_and_only_on_request_the_target(with_mag):
+    """`--weights-in-target` off (the default): the target keeps the exposure model (its
+    weights and dose crop) while the reconstruction takes the fitted weights."""
+    from mrepo.refine.series import _frequency_mask, set_frame_weights
+    from mrepo.refine.weights import FrameWeights
+
+    item = with_mag.movies[0][0]
+    data = next(iter(collect_series(with_mag.repo.snapshot("HEAD"), with_mag.repo.population("HEAD"), ["large"],
+                                    with_mag.parts, device=CPU)[0].values()))
+    box = next(iter(data.blocks.values())).box
+    model = FrameWeights.exposure(data.geometry.exposure_mid)
+    fitted = FrameWeights(model.bfactor + np.linspace(0, 400, len(model)), np.full(len(model), 50.0),
+                          np.zeros(len(model)), np.linspace(1.0, 0.5, len(model)))
+    set_frame_weights(data, fitted, target=False)
+    torch.testing.assert_close(data.dose_w[box], fitted.weights(box, item.imaging.pixel_size_angstrom))
+    torch.testing.assert_close(data.target_w[box], model.weights(box, item.imaging.pixel_size_angstrom))
+    assert not torch.equal(_frequency_mask(data, box, box / 2, CPU, target=True), _frequency_mask(data, box, box / 2, CPU))
+    set_frame_weights(data, fitted, target=True)
+    assert data.target_w is None and data.target_kmax is None
+    torch.testing.assert_close(_frequency_mask(data, box, box / 2, CPU, target=True), _frequency_mask(data, box, box / 2, CPU))
