@@ -20,7 +20,7 @@ from types import TracebackType
 
 from ..errors import LockError
 
-__all__ = ["fsync_dir", "atomic_write", "FileLock", "write_temp_then_rename", "crashpoint"]
+__all__ = ["fsync_dir", "atomic_write", "FileLock", "write_temp_then_rename", "write_new_synced", "crashpoint"]
 
 _CRASHPOINT = os.environ.get("MREPO_CRASHPOINT")
 
@@ -41,6 +41,23 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_new_synced(path: str | os.PathLike[str], data: bytes | bytearray | memoryview, *, mode: int = 0o444) -> None:
+    """Create ``path`` (it must not exist), write all of ``data``, fsync and close it; on any
+    error the partial file is removed. The caller renames it into place."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        Path(path).unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def write_temp_then_rename(

@@ -27,7 +27,7 @@ from pathlib import Path
 import blake3
 
 from ..errors import CorruptObject, NotFound
-from .atomic import fsync_dir
+from .atomic import fsync_dir, write_new_synced
 from .digest import blake3_hex, is_digest
 from .packs import PACK_HEADER, PackIndex, build_pack, coalesce, make_index, parse_index
 
@@ -344,15 +344,7 @@ class ChunkStore:
         pack_id, pack, idx = build_pack([(d, bytes(b)) for d, b in chunks])
         self.tmp.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp / f"{uuid.uuid4().hex}.pack"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        try:
-            _write_all(fd, pack)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+        write_new_synced(tmp, pack)
         self._install_pack(tmp, idx)
         return idx
 
@@ -377,15 +369,7 @@ class ChunkStore:
         os.replace(tmp, target)  # at most over an identical pack that lacks its index
         fsync_dir(self.packs_dir)  # the pack is durable under its name before its index exists
         tmp_idx = self.tmp / f"{uuid.uuid4().hex}.idx"
-        fd = os.open(tmp_idx, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        try:
-            _write_all(fd, idx.to_bytes())
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp_idx.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+        write_new_synced(tmp_idx, idx.to_bytes())
         os.replace(tmp_idx, idx_path)
         fsync_dir(self.packs_dir)
         self._register(idx)
@@ -453,18 +437,7 @@ class ChunkStore:
             target.parent.mkdir(exist_ok=True)
             fsync_dir(self.root)
         tmp = self.tmp / f"{uuid.uuid4().hex}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        try:
-            view = memoryview(data).cast("B")
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:])
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+        write_new_synced(tmp, data)
         os.replace(tmp, target)
         return ChunkRef(digest, len(data))
 

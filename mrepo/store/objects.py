@@ -22,7 +22,7 @@ from dulwich.objects import Blob, Commit, ShaFile, Tag, Tree
 from dulwich.object_store import DiskObjectStore
 
 from ..errors import CorruptObject, NotFound
-from .atomic import fsync_dir
+from .atomic import fsync_dir, write_new_synced
 
 __all__ = ["GitObjects"]
 
@@ -101,15 +101,7 @@ class GitObjects:
             fsync_dir(self.objects_dir)
         tmp = d / f"tmp_obj_{uuid.uuid4().hex}"
         data = b"".join(obj.as_legacy_object_chunks())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+        write_new_synced(tmp, data)
         os.replace(tmp, target)
         with self._lock:
             self._dirty_dirs.add(sha[:2])
