@@ -477,6 +477,15 @@ class _Run:
             self.models[key] = res.model
             self.scores.append((key, res.score_before, res.score_after))
 
+    def _fine_species(self, it: int, skipped: str) -> list[str]:
+        """The species finer than ``--min-ctf-resolution`` (M's gate for the imaging model and
+        the weights); when there is none, say ``skipped`` and why."""
+        limit = self.options.min_ctf_resolution_angstrom
+        fine = [n for n in self.names if self.resolution(n) <= limit]
+        if not fine:
+            self.say(f"iteration {it + 1}: {skipped}: no species is finer than {limit:g} Å yet")
+        return fine
+
     def imaging_model(self, it: int, refs: dict[str, SpeciesReference]) -> None:
         """Per series: fit the chosen imaging groups on the species finer than the minimum
         resolution, fold them into the item and the particles, extract again."""
@@ -485,10 +494,8 @@ class _Run:
         groups = frozenset(g for g in self.options.params if g in IMAGING)
         if not groups:
             return
-        fine = [n for n in self.names if self.resolution(n) <= self.options.min_ctf_resolution_angstrom]
+        fine = self._fine_species(it, "imaging model not refined")
         if not fine:
-            self.say(f"iteration {it + 1}: imaging model not refined: no species is finer than "
-                     f"{self.options.min_ctf_resolution_angstrom:g} Å yet")
             return
         settings = ImagingSettings(groups=groups)
         for key, data in list(self.series.items()):
@@ -527,17 +534,16 @@ class _Run:
     def exposure_weights(self, it: int, refs: dict[str, SpeciesReference]) -> None:
         """Fit per-frame (an)isotropic B-factors and scales to the per-frequency NCC of all
         species (weighted by their FSC), for every group of series with the same number of
-        frames; they weight the next iteration's target and the reconstruction."""
+        frames; they weight the reconstruction and the imaging model's frame sums, and with
+        ``weights_in_target`` the next iteration's motion/pose target too."""
         from .weights import fit_frame_weights
 
         if "weights" not in self.options.params:
             return
         # as the imaging model: only references finer than the minimum resolution show the
         # frames' damping where it matters; weights fitted to coarser ones are extrapolated
-        fine = [n for n in self.names if self.resolution(n) <= self.options.min_ctf_resolution_angstrom]
+        fine = self._fine_species(it, "exposure weights not fitted")
         if not fine:
-            self.say(f"iteration {it + 1}: exposure weights not fitted: no species is finer than "
-                     f"{self.options.min_ctf_resolution_angstrom:g} Å yet")
             return
         by_frames: dict[str, list[str]] = {}
         for key, data in self.series.items():
